@@ -31,6 +31,7 @@ from server.storage.models import NewMessage
 
 log = logging.getLogger(__name__)
 _STOP = object()
+_Item = tuple[int, Event]  # (publish number, event)
 
 
 class EventHandlers(Protocol):
@@ -82,9 +83,12 @@ class EventBus:
             asyncio.Queue(maxsize=max(1, queue_size // shards)) for _ in range(shards)
         ]
         self._inflight: Counter[str] = Counter()
-        self._spooled_sessions: set[str] = set()
+        # session → publish number of its oldest event on the spool. An event of such a session that is
+        # newer must follow it onto the spool; an older one (queued before a queue overflow) goes first.
+        self._spooled_from: dict[str, int] = {}
+        self._published = 0
         self._workers: list[asyncio.Task[None]] = []
-        self._current: list[list[Event]] = [[] for _ in range(shards)]
+        self._current: list[list[_Item]] = [[] for _ in range(shards)]
         self._replayer: asyncio.Task[None] | None = None
         self._replay_lock = asyncio.Lock()
         self._wake_replayer = asyncio.Event()
@@ -92,7 +96,8 @@ class EventBus:
         # Events spooled by an earlier run keep their sessions on the spool path until replayed.
         for path in self.spool.pending():
             with contextlib.suppress(ValueError):
-                self._spooled_sessions.update(e.session_id for e in self.spool.read(path))
+                for event in self.spool.read(path):
+                    self._spooled_from.setdefault(event.session_id, -1)
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -140,16 +145,18 @@ class EventBus:
         """Hand an event to the bus. Never blocks; raises InvalidInput only for data that can never be stored."""
         event.validate()
         self.stats.published += 1
+        self._published += 1
+        item = (self._published, event)
         session = event.session_id
-        if self._closed or session in self._spooled_sessions:
-            self._to_spool([event])
+        if self._closed or session in self._spooled_from:
+            self._to_spool([item])
             return
         queue = self._queues[zlib.crc32(session.encode()) % len(self._queues)]
         try:
-            queue.put_nowait(event)
+            queue.put_nowait(item)
         except asyncio.QueueFull:
             log.warning("event queue full; spooling events of session %s to disk", session)
-            self._to_spool([event])
+            self._to_spool([item])
             return
         self._inflight[session] += 1
 
@@ -163,7 +170,7 @@ class EventBus:
         queue = self._queues[index]
         while True:
             item = await queue.get()
-            batch: list[Event] = []
+            batch: list[_Item] = []
             stop = item is _STOP
             if not stop:
                 batch.append(item)  # type: ignore[arg-type]
@@ -177,9 +184,14 @@ class EventBus:
             try:
                 if batch:
                     await self._process(batch)
+            except Exception:  # a bug must not stop the shard: keep the batch for an operator
+                log.exception("event shard %d failed on a batch of %d events", index, len(batch))
+                for _, event in batch:
+                    self.stats.dead += 1
+                    self.spool.dead_letter(event, "internal error while writing; see the server log")
             finally:
                 self._current[index] = []
-                for event in batch:
+                for _, event in batch:
                     self._inflight[event.session_id] -= 1
                     if self._inflight[event.session_id] <= 0:
                         del self._inflight[event.session_id]
@@ -189,20 +201,19 @@ class EventBus:
             if stop:
                 return
 
-    async def _process(self, batch: list[Event]) -> None:
+    async def _process(self, batch: list[_Item]) -> None:
         for unit in _units(batch):
-            # Sessions already on the spool path must stay there, or their order would break.
-            held = [e for e in unit if e.session_id in self._spooled_sessions]
-            if held:
-                self._to_spool(held)
-            live = [e for e in unit if e.session_id not in self._spooled_sessions]
+            # An event newer than its session's oldest spooled event must follow it, or order would break.
+            held = [it for it in unit if it[0] > self._spooled_from.get(it[1].session_id, it[0])]
+            live = [it for it in unit if it not in held]
+            self._to_spool(held)
             if live:
                 await self._write_with_retries(live)
 
-    async def _write_with_retries(self, unit: list[Event]) -> None:
+    async def _write_with_retries(self, unit: list[_Item]) -> None:
         for attempt in range(self.retries + 1):
             try:
-                await self._dispatch(unit)
+                await self._dispatch([event for _, event in unit])
                 self.stats.written += len(unit)
                 return
             except Exception as exc:
@@ -216,14 +227,14 @@ class EventBus:
                 self.stats.retries += 1
                 await asyncio.sleep(self.retry_backoff_s * (2**attempt))
 
-    async def _isolate_failure(self, unit: list[Event], exc: Exception) -> None:
+    async def _isolate_failure(self, unit: list[_Item], exc: Exception) -> None:
         """A batch failed for a non-transient reason: write its events one by one, dead-letter the bad ones."""
         if len(unit) == 1:
             self.stats.dead += 1
-            self.spool.dead_letter(unit[0], f"{type(exc).__name__}: {exc}")
+            self.spool.dead_letter(unit[0][1], f"{type(exc).__name__}: {exc}")
             return
-        for event in unit:
-            await self._write_with_retries([event])
+        for item in unit:
+            await self._write_with_retries([item])
 
     async def _dispatch(self, unit: Sequence[Event]) -> None:
         first = unit[0]
@@ -234,17 +245,23 @@ class EventBus:
         else:
             await self.handlers.save_audio(first)
 
-    def _to_spool(self, events: Sequence[Event]) -> None:
-        if not events:
+    def _to_spool(self, items: Sequence[_Item]) -> None:
+        if not items:
             return
         try:
-            self.spool.write(events)
-        except (SpoolFull, OSError) as exc:
-            self.stats.lost += len(events)
-            log.error("%d events LOST: cannot spool them: %s", len(events), exc)
+            self.spool.write([event for _, event in items])
+        except (TypeError, ValueError) as exc:  # not serialisable: can never be replayed either
+            for _, event in items:
+                self.stats.dead += 1
+                self.spool.dead_letter(event, f"cannot be spooled: {exc}")
             return
-        self.stats.spooled += len(events)
-        self._spooled_sessions.update(e.session_id for e in events)
+        except (SpoolFull, OSError) as exc:
+            self.stats.lost += len(items)
+            log.error("%d events LOST: cannot spool them: %s", len(items), exc)
+            return
+        self.stats.spooled += len(items)
+        for number, event in items:
+            self._spooled_from[event.session_id] = min(number, self._spooled_from.get(event.session_id, number))
         self._wake_replayer.set()
 
     def _spool_leftovers(self, index: int) -> None:
@@ -263,10 +280,12 @@ class EventBus:
 
     async def _replay_loop(self) -> None:
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake_replayer.wait(), self.replay_interval_s)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancel of close().
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.replay_interval_s):
+                    await self._wake_replayer.wait()
             self._wake_replayer.clear()
-            if len(self._spooled_sessions) or len(self.spool):
+            if self._spooled_from or len(self.spool):
                 await asyncio.sleep(self.replay_interval_s)  # give the backend a moment after a failure
                 try:
                     await self.replay_once()
@@ -280,7 +299,7 @@ class EventBus:
             while True:
                 paths = self.spool.pending()
                 if not paths:
-                    self._spooled_sessions.clear()
+                    self._spooled_from.clear()
                     return replayed
                 path = paths[0]
                 try:
@@ -291,7 +310,8 @@ class EventBus:
                     continue
                 if any(self._inflight.get(e.session_id) for e in events):
                     return replayed  # queued events of these sessions were published earlier; let them go first
-                for unit in _units(events):
+                for numbered in _units(list(enumerate(events))):
+                    unit = [event for _, event in numbered]
                     try:
                         await self._dispatch(unit)
                     except Exception as exc:
@@ -322,12 +342,12 @@ class EventBus:
         return True
 
 
-def _units(events: list[Event]) -> list[list[Event]]:
+def _units(items: list[_Item]) -> list[list[_Item]]:
     """Split into write units keeping order: runs of messages become one batch; other events stand alone."""
-    units: list[list[Event]] = []
-    for event in events:
-        if isinstance(event, AddMessage) and units and isinstance(units[-1][0], AddMessage):
-            units[-1].append(event)
+    units: list[list[_Item]] = []
+    for item in items:
+        if isinstance(item[1], AddMessage) and units and isinstance(units[-1][0][1], AddMessage):
+            units[-1].append(item)
         else:
-            units.append([event])
+            units.append([item])
     return units

@@ -90,8 +90,11 @@ class Spool:
                 payload["raw_error"] = str(exc)
             self.remove(path_or_event)
         else:
-            payload["event"] = to_record(path_or_event)
-        target.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+            try:
+                payload["event"] = to_record(path_or_event)
+            except (TypeError, ValueError) as exc:
+                payload["event_repr"], payload["record_error"] = repr(path_or_event), str(exc)
+        target.write_text(json.dumps(payload, ensure_ascii=False, default=repr), encoding="utf-8")
         log.error("event kept in %s and not written: %s", target, reason)
         return target
 

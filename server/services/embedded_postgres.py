@@ -156,7 +156,13 @@ class EmbeddedPostgres:
         if not self.is_running():
             self._remove_stale_pid_file()
             return
-        result = self._pg_ctl_stop(postgres_bin_dir(), self._run_as(), mode="fast")
+        run_as = self._run_as()
+        if not run_as.is_current:
+            # Someone may have tightened a parent dir meanwhile (pytest resets
+            # /tmp/pytest-of-<user> to 0700); pg_ctl needs to reach pgdata.
+            with contextlib.suppress(OSError):
+                _make_ancestors_traversable(self.data_dir)
+        result = self._pg_ctl_stop(postgres_bin_dir(), run_as, mode="fast")
         if self.is_running():
             raise RuntimeError(f"postgres did not stop: {one_line(result.output)} (log: {self.log_path})")
 

@@ -238,6 +238,11 @@ class EmbeddedS3:
     def ports(self) -> WeedPorts | None:
         return self._ports
 
+    @property
+    def pid(self) -> int | None:
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
@@ -253,11 +258,12 @@ class EmbeddedS3:
         log_offset = _file_size(self.log_path)
         self._process = self._launch(binary, ports)
         self._ports = ports
-        self.pid_path.write_text(f"{self._process.pid}\n")
-        self.ports_path.write_text(json.dumps(asdict(ports)) + "\n")
         try:
+            self.pid_path.write_text(f"{self._process.pid}\n")
+            self.ports_path.write_text(json.dumps(asdict(ports)) + "\n")
             self._wait_until_ready(log_offset)
-        except ServiceStartError:
+        except BaseException:
+            # Includes Ctrl+C while waiting: never leave a half-started weed behind.
             self.stop()
             raise
 
@@ -309,6 +315,8 @@ class EmbeddedS3:
             raise ServiceStartError(
                 SERVICE_NAME, f"cannot create data directory {self.data_dir}: {exc.strerror or exc}"
             ) from exc
+        # weed writes objects world-readable (umask 022); the recordings are private.
+        self.data_dir.chmod(0o700)
         self._refuse_if_other_instance_runs()
         self.remove_stale_files()
 

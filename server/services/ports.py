@@ -51,9 +51,12 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True if a TCP connection to host:port succeeds."""
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
-        return True
+    """True if a server accepts TCP connections on host:port."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout) as sock:
+        # With nothing listening on a port from the ephemeral range, the kernel
+        # may pick that very port as our source port and "connect" the socket
+        # to itself (TCP simultaneous open); that is no server.
+        return sock.getsockname() != sock.getpeername()
     return False
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -69,10 +70,20 @@ class NewMessage:
             raise InvalidInput(f"content is {len(self.content)} characters; at most {MAX_CONTENT_CHARS} are allowed")
         if self.tool_call_id is not None:
             check_id("tool_call_id", self.tool_call_id, 64)
-        for name in ("multi_content", "tool_calls"):
+        try:
+            self.content.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(f"content is not valid Unicode text: {exc.reason} at {exc.start}") from None
+        for name, kind in (("multi_content", list), ("tool_calls", list), ("metadata", dict)):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, list):
-                raise InvalidInput(f"{name} must be a list, got {type(value).__name__}")
+            if value is None:
+                continue
+            if not isinstance(value, kind):
+                raise InvalidInput(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+            try:
+                json.dumps(value, ensure_ascii=False).encode("utf-8")
+            except (TypeError, ValueError) as exc:
+                raise InvalidInput(f"{name} cannot be stored as JSON: {exc}") from None
         if self.created_at is not None and self.created_at.tzinfo is None:
             raise InvalidInput("created_at must be timezone-aware")
         return self

@@ -195,5 +195,6 @@ async def retention_loop(job: RetentionJob, interval_s: float, stop: asyncio.Eve
             await job.run()
         except Exception as exc:  # an outage must not end the schedule
             log.warning("retention run failed (will retry in %.0f s): %s", interval_s, exc)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval_s):
+                await stop.wait()
