@@ -200,7 +200,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, source, raw)) from None
+        raise ConfigError(_explain(exc, source, applied)) from None
     settings.source = source
     return settings
 
@@ -253,11 +253,11 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _explain(exc: ValidationError, source: str, raw: dict[str, Any]) -> str:
+def _explain(exc: ValidationError, source: str, applied_env: list[str]) -> str:
     problems = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
-        env_name = next((n for n, d in ENV_OVERRIDES.items() if d == key), None)
+        env_name = next((n for n in applied_env if ENV_OVERRIDES[n] == key), None)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"

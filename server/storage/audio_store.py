@@ -64,6 +64,7 @@ class AudioStore:
             http_client=_http_client(),
         )
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="s3")
+        self._ready = False  # bucket checked; when S3 was down at start, the first upload checks again
 
     def describe(self) -> str:
         scheme = "https" if self.settings.use_ssl else "http"
@@ -91,6 +92,7 @@ class AudioStore:
                 if "BucketAlreadyOwnedByYou" not in str(exc):
                     raise
             log.info("created bucket %s", self.bucket)
+        self._ready = True
         log.info("audio store ready: %s", self.describe())
 
     def close(self) -> None:
@@ -160,6 +162,8 @@ class AudioStore:
                 f"audio is {len(data)} bytes; at most {self.settings.max_upload_bytes} are allowed "
                 "(minio.max_upload_bytes)"
             )
+        if not self._ready:
+            await self.start()
         created = created_at or datetime.now(UTC)
         key = audio_object_key(device_id, session_id, source, created, file_type)
         fid = file_id or uuid.uuid4().hex

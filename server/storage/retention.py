@@ -56,9 +56,7 @@ _EXPIRED_SESSIONS = """
 
 
 class RetentionJob:
-    def __init__(
-        self, pool: asyncpg.Pool, audio: AudioStore | None, days: int, *, batch_size: int = 2000
-    ) -> None:
+    def __init__(self, pool: asyncpg.Pool, audio: AudioStore | None, days: int, *, batch_size: int = 2000) -> None:
         if days < 0:
             raise ValueError("retention days must be >= 0 (0 keeps everything)")
         self.pool = pool

@@ -32,8 +32,14 @@ async def test_upload_writes_playable_ogg_object_row_and_links_message(
 ) -> None:
     await store.add_message(NewMessage("s1", DEVICE, "user", "你好", message_id="m1"))
     row = await audio_store.save_opus_packets(
-        session_id="s1", device_id=DEVICE, source="user", packets=ten_seconds, sample_rate=16000,
-        message_id="m1", created_at=WHEN, transcription="你好",
+        session_id="s1",
+        device_id=DEVICE,
+        source="user",
+        packets=ten_seconds,
+        sample_rate=16000,
+        message_id="m1",
+        created_at=WHEN,
+        transcription="你好",
     )
     assert row.object_key.startswith("aa-bb-cc-dd-ee-ff/2026-12-03/s1/user-") and row.object_key.endswith(".opus")
     assert row.duration_ms == 10_020 and row.file_type == "opus" and row.sample_rate == 16000
@@ -49,8 +55,15 @@ async def test_upload_writes_playable_ogg_object_row_and_links_message(
 async def test_same_file_id_twice_stores_one_object_and_one_row(
     audio_store: AudioStore, store: ConversationStore, ten_seconds: list[bytes]
 ) -> None:
-    kwargs = dict(session_id="s1", device_id=DEVICE, source="tts", packets=ten_seconds[:5], sample_rate=24000,
-                  file_id="fixed", created_at=WHEN)
+    kwargs = dict(
+        session_id="s1",
+        device_id=DEVICE,
+        source="tts",
+        packets=ten_seconds[:5],
+        sample_rate=24000,
+        file_id="fixed",
+        created_at=WHEN,
+    )
     first = await audio_store.save_opus_packets(**kwargs)  # type: ignore[arg-type]
     second = await audio_store.save_opus_packets(**kwargs)  # type: ignore[arg-type]
     assert first.object_key == second.object_key
@@ -75,11 +88,19 @@ async def test_list_by_device_day_and_session(audio_store: AudioStore, ten_secon
     day2 = WHEN + timedelta(days=1)
     for session, when in (("s1", WHEN), ("s2", WHEN), ("s3", day2)):
         await audio_store.save_opus_packets(
-            session_id=session, device_id=DEVICE, source="user", packets=ten_seconds[:3], sample_rate=16000,
+            session_id=session,
+            device_id=DEVICE,
+            source="user",
+            packets=ten_seconds[:3],
+            sample_rate=16000,
             created_at=when,
         )
     await audio_store.save_opus_packets(
-        session_id="other", device_id="dev-2", source="user", packets=ten_seconds[:3], sample_rate=16000,
+        session_id="other",
+        device_id="dev-2",
+        source="user",
+        packets=ten_seconds[:3],
+        sample_rate=16000,
         created_at=WHEN,
     )
     assert len(await audio_store.list_objects(DEVICE)) == 3

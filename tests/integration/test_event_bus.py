@@ -223,5 +223,3 @@ async def test_audio_off_without_audio_store_is_logged_once(
     await bus.drain()
     assert sum("audio saving is off" in r.message for r in caplog.records) == 1
     assert bus.stats.dead == 0
-
-

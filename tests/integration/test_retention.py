@@ -24,8 +24,13 @@ async def _conversation(store: ConversationStore, audio: AudioStore, session: st
         ]
     )
     await audio.save_opus_packets(
-        session_id=session, device_id="dev", source="user", packets=PACKETS, sample_rate=16000,
-        message_id=f"{session}-u", created_at=when,
+        session_id=session,
+        device_id="dev",
+        source="user",
+        packets=PACKETS,
+        sample_rate=16000,
+        message_id=f"{session}-u",
+        created_at=when,
     )
     await store.end_session(session, ended_at=when + timedelta(minutes=1))
     # audio rows take the upload time; make them as old as the conversation they belong to
