@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime
@@ -101,15 +102,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return asyncio.run(args.run(args, settings))
+        return asyncio.run(_stop_on_sigterm(args.run(args, settings)))
     except KeyboardInterrupt:
         return 130
+    except asyncio.CancelledError:
+        return 143
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except (StorageError, ServiceStartError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+async def _stop_on_sigterm(command: Awaitable[int]) -> int:
+    """SIGTERM cancels the command, so runtimes stop cleanly (bus drained, embedded services shut down)."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await command
 
 
 async def _with_runtime(settings: Settings, fn: Callable[[StorageRuntime], Awaitable[int]], **start: object) -> int:

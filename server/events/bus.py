@@ -110,7 +110,7 @@ class EventBus:
             log.warning("%d events waiting in the spool from an earlier run; replaying", len(self.spool))
             self._wake_replayer.set()
 
-    async def close(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    async def close(self, timeout: float = 30.0) -> None:
         """Stop accepting, write what is queued (up to ``timeout``), spool the rest, try one last replay."""
         if self._closed:
             return
@@ -135,7 +135,7 @@ class EventBus:
         if len(self.spool):
             log.warning("%d events stay in the spool %s for the next start", len(self.spool), self.spool.directory)
 
-    async def drain(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    async def drain(self, timeout: float = 30.0) -> None:
         """Wait until everything published so far is written or spooled."""
         await asyncio.wait_for(asyncio.gather(*(q.join() for q in self._queues)), timeout)
 

@@ -28,7 +28,7 @@ from server.memory.base import (
 )
 from server.storage.conversation_store import ConversationStore
 from server.storage.errors import InvalidInput
-from server.storage.models import NewMessage, SearchHit, SessionFilter, StoredMessage
+from server.storage.models import NewMessage, SearchHit, StoredMessage
 
 # How many of the previous session's messages the get_context summary looks at.
 CONTEXT_MESSAGES = 6
@@ -179,18 +179,9 @@ class PostgresMemory(MemoryProvider):
         floors.update({r["session_id"]: r["context_start_seq"] for r in rows})
 
     async def reset(self, key: KeyLike) -> None:
-        """Reset this session and every earlier session of the device that still holds context."""
+        """Forget this session's and the device's earlier context (history stays for support staff)."""
         key = as_key(key)
-        await self.store.reset_session(key.session_id)
-        cursor: str | None = None
-        while True:
-            page = await self.store.list_sessions(SessionFilter(device_id=key.device_id), limit=1000, cursor=cursor)
-            for session in page.items:
-                if session.session_id != key.session_id and session.message_count > 0:
-                    await self.store.reset_session(session.session_id)
-            if page.next_cursor is None:
-                return
-            cursor = page.next_cursor
+        await self.store.forget_device_context(key.device_id, key.session_id)
 
     async def flush(self, key: KeyLike) -> None:
         as_key(key)  # nothing buffered: every add is committed before it returns

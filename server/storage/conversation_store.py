@@ -174,6 +174,22 @@ class ConversationStore:
         )
         return result.endswith(" 1")
 
+    async def forget_device_context(self, device_id: str, session_id: str) -> None:
+        """A memory reset: this session becomes 'reset' and none of the device's earlier messages warm the
+        LLM context again. Earlier sessions keep their status; all history stays readable."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """UPDATE conversation_sessions SET context_start_seq = last_seq, updated_at = now()
+                   WHERE device_id = $1 AND last_seq > context_start_seq""",
+                device_id,
+            )
+            await conn.execute(
+                """UPDATE conversation_sessions
+                   SET status = 'reset', ended_at = coalesce(ended_at, greatest(started_at, now())), updated_at = now()
+                   WHERE session_id = $1""",
+                session_id,
+            )
+
     async def get_session(self, session_id: str) -> SessionInfo:
         row = await self.pool.fetchrow(
             f"SELECT {_SESSION_COLUMNS} FROM conversation_sessions WHERE session_id = $1", session_id
@@ -303,7 +319,7 @@ class ConversationStore:
         """The last ``n`` messages of the device's most recent other session (warms a reconnect's context)."""
         row = await self.pool.fetchrow(
             """SELECT session_id FROM conversation_sessions
-               WHERE device_id = $1 AND session_id IS DISTINCT FROM $2 AND status <> 'reset' AND message_count > 0
+               WHERE device_id = $1 AND session_id IS DISTINCT FROM $2 AND last_seq > context_start_seq
                ORDER BY started_at DESC, id DESC LIMIT 1""",
             device_id,
             exclude_session,

@@ -137,3 +137,40 @@ async def test_demo_runs_on_embedded_services_with_zero_configuration(tmp_path: 
     assert result.returncode == 0, result.stderr
     assert "8 messages, 4 audio files, status ended" in result.stdout
     assert "play the first recording" in result.stdout and ".opus?" in result.stdout
+
+
+async def test_sigterm_stops_embedded_services_cleanly(tmp_path: Path) -> None:
+    """`make run` stopped by its service manager: the bus drains and both embedded servers shut down."""
+    data = tmp_path / "data"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server.cli.main",
+        "demo",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=tmp_path,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith(("DB_", "MINIO_", "XIAOZHI_"))},
+            "PYTHONPATH": str(REPO),
+            "XIAOZHI_DATA_DIR": str(data),
+        },
+    )
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(90):
+            while b"storage is running" not in (line := await proc.stdout.readline()):
+                assert line, "demo exited early: " + (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+        pids = [p for p in (data / "services").rglob("postmaster.pid")]
+        assert pids, "embedded PostgreSQL was running"
+        proc.terminate()
+        async with asyncio.timeout(60):
+            code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == 143
+    assert not list((data / "services").rglob("postmaster.pid")), "PostgreSQL stopped"
+    ps = await asyncio.to_thread(subprocess.run, ["pgrep", "-f", str(data)], capture_output=True, text=True)
+    assert ps.stdout.strip() == "", "no server process of this data dir is left"

@@ -206,3 +206,18 @@ async def test_audio_row_links_its_message_and_is_idempotent(store: Conversation
     assert await store.delete_audio_file_row("f1")
     assert (await store.get_message("m1")).audio_file_id is None
     assert (await store.get_session("s1")).audio_count == 1
+
+
+async def test_memory_reset_forgets_the_devices_context_but_not_its_history(store: ConversationStore) -> None:
+    await store.start_session("old", "dev", started_at=T0)
+    await store.add_message(msg("old", device="dev", content="my name is Li"))
+    await store.end_session("old")
+    await store.start_session("cur", "dev", started_at=T0 + timedelta(hours=1))
+    await store.add_message(msg("cur", device="dev", content="remember me?"))
+    await store.forget_device_context("dev", "cur")
+    assert await store.device_context("dev", 5, exclude_session="next") == []
+    assert (await store.get_session("old")).status == "ended", "earlier sessions keep their status"
+    assert (await store.get_session("cur")).status == "reset"
+    assert len(await store.timeline("old")) == 1, "history stays readable"
+    await store.add_message(msg("cur", device="dev", content="new start"))
+    assert [m.content for m in await store.device_context("dev", 5, exclude_session="next")] == ["new start"]

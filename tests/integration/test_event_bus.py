@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from server.storage.models import NewMessage
 from tests.conftest import minio_settings
 from tests.support.audio import encode_opus
 from tests.support.proxy import FaultProxy
+from tests.support.waiting import wait_until
 
 FAST = dict(retries=1, retry_backoff_s=0.01, replay_interval_s=0.05)
 
@@ -95,10 +95,7 @@ async def test_postgres_lost_mid_run_spools_to_disk_and_replays_in_order(
         # still down: later events of the session join the spool behind the earlier ones
         bus.publish(add("s", 15))
         await proxy.restore()
-        for _ in range(100):
-            if not len(bus.spool):
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: not len(bus.spool))
         assert await contents(store, "s") == [f"s#{i}" for i in range(16)]
         assert (await store.get_session("s")).status == "ended"
         assert bus.stats.lost == 0 and bus.stats.dead == 0
@@ -202,10 +199,7 @@ async def test_audio_is_saved_after_its_message_and_s3_outage_is_spooled(
         await bus.drain()
         assert len(bus.spool) > 0
         await proxy.restore()
-        for _ in range(200):
-            if not len(bus.spool):
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: not len(bus.spool))
         assert (await store.get_message("s-1")).audio_file_id is not None
         assert len(await store.list_audio_files(session_id="s")) == 2
     finally:
