@@ -198,17 +198,6 @@ class ConversationStore:
             raise NotFound(f"no session {session_id!r}")
         return _session(row)
 
-    async def end_stale_sessions(self, older_than: datetime) -> int:
-        """End sessions left active by a crash: no message since ``older_than``."""
-        result = await self.pool.execute(
-            """UPDATE conversation_sessions
-               SET status = 'ended', ended_at = greatest(started_at, coalesce(last_message_at, started_at)),
-                   updated_at = now()
-               WHERE status = 'active' AND coalesce(last_message_at, started_at) < $1""",
-            older_than,
-        )
-        return int(result.split()[-1])
-
     # ---- messages -------------------------------------------------------------------------------
 
     async def add_message(self, message: NewMessage) -> AddResult:

@@ -31,6 +31,7 @@ class RetentionReport:
     audio_bytes: int = 0
     audio_failed: int = 0
     audio_skipped: int = 0  # rows kept because no audio store is configured
+    stale_ended: int = 0  # sessions left 'active' by a crash, now ended
 
     def lines(self) -> list[str]:
         verb = "would remove" if self.dry_run else "removed"
@@ -42,6 +43,8 @@ class RetentionReport:
         ]
         if self.audio_failed:
             out.append(f"{self.audio_failed} audio objects could not be removed; kept for the next run")
+        if self.stale_ended:
+            out.append(f"{'would end' if self.dry_run else 'ended'} {self.stale_ended} sessions left active by a crash")
         if self.audio_skipped:
             out.append(f"{self.audio_skipped} expired audio rows kept: no audio store is configured")
         return out
@@ -56,17 +59,30 @@ _EXPIRED_SESSIONS = """
 
 
 class RetentionJob:
-    def __init__(self, pool: asyncpg.Pool, audio: AudioStore | None, days: int, *, batch_size: int = 2000) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        audio: AudioStore | None,
+        days: int,
+        *,
+        batch_size: int = 2000,
+        stale_after: timedelta = timedelta(hours=1),
+    ) -> None:
         if days < 0:
             raise ValueError("retention days must be >= 0 (0 keeps everything)")
         self.pool = pool
         self.audio = audio
         self.days = days
         self.batch_size = batch_size
+        # Devices drop idle connections after ~2 minutes, so an 'active' session silent for an hour was
+        # left behind by a server that crashed before it could end it.
+        self.stale_after = stale_after
 
     async def run(self, *, dry_run: bool = False, now: datetime | None = None) -> RetentionReport:
-        cutoff = (now or datetime.now(UTC)) - timedelta(days=self.days)
+        now = now or datetime.now(UTC)
+        cutoff = now - timedelta(days=self.days)
         report = RetentionReport(cutoff=cutoff, dry_run=dry_run)
+        await self._end_stale_sessions(report, now - self.stale_after)
         if self.days == 0:
             return report
         if dry_run:
@@ -77,6 +93,21 @@ class RetentionJob:
         await self._remove_sessions(report)
         log.info("retention: %s", "; ".join(report.lines()))
         return report
+
+    async def _end_stale_sessions(self, report: RetentionReport, silent_since: datetime) -> None:
+        stale = "status = 'active' AND coalesce(last_message_at, started_at) < $1"
+        if report.dry_run:
+            report.stale_ended = await self.pool.fetchval(
+                f"SELECT count(*) FROM conversation_sessions WHERE {stale}", silent_since
+            )
+            return
+        result = await self.pool.execute(
+            f"""UPDATE conversation_sessions
+                SET status = 'ended', ended_at = coalesce(last_message_at, started_at), updated_at = now()
+                WHERE {stale}""",
+            silent_since,
+        )
+        report.stale_ended = int(result.split()[-1])
 
     async def _count(self, report: RetentionReport) -> None:
         cutoff = report.cutoff

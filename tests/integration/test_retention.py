@@ -91,7 +91,22 @@ async def test_without_audio_store_audio_rows_and_their_sessions_are_kept(
 
 async def test_active_session_still_talking_is_kept(store: ConversationStore, pool: asyncpg.Pool) -> None:
     await store.start_session("live", "dev", started_at=OLD)
-    await store.add_message(NewMessage("live", "dev", "user", "still here"))
-    report = await RetentionJob(pool, None, days=90).run(now=NOW + timedelta(days=1))
+    await store.add_message(NewMessage("live", "dev", "user", "still here", created_at=NOW - timedelta(minutes=1)))
+    report = await RetentionJob(pool, None, days=90).run(now=NOW)
     assert report.sessions == 0
     assert (await store.get_session("live")).status == "active"
+
+
+async def test_sessions_left_active_by_a_crash_are_ended(store: ConversationStore, pool: asyncpg.Pool) -> None:
+    await store.start_session("crashed", "dev", started_at=NOW - timedelta(hours=5))
+    await store.add_message(NewMessage("crashed", "dev", "user", "hi", created_at=NOW - timedelta(hours=4)))
+    await store.start_session("talking", "dev", started_at=NOW - timedelta(hours=5))
+    await store.add_message(NewMessage("talking", "dev", "user", "still here", created_at=NOW - timedelta(minutes=2)))
+    job = RetentionJob(pool, None, days=0)
+    assert (await job.run(dry_run=True, now=NOW)).stale_ended == 1
+    assert (await store.get_session("crashed")).status == "active"
+    report = await job.run(now=NOW)
+    assert report.stale_ended == 1
+    crashed = await store.get_session("crashed")
+    assert crashed.status == "ended" and crashed.ended_at == NOW - timedelta(hours=4)
+    assert (await store.get_session("talking")).status == "active"
