@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from server.storage.errors import InvalidInput
-from server.storage.models import NewMessage
+from server.storage.models import MAX_DEVICE_ID, MAX_SESSION_ID, NewMessage, StoredMessage, check_id
 
 # At most this many terms of an utterance are searched (each is one query in PostgreSQL).
 MAX_QUERY_TERMS = 4
@@ -51,14 +51,6 @@ _EDGE_PUNCTUATION = ".:'`~*"
 _CJK = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 
 
-def _check_part(kind: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInput(f"memory key: {kind} must be a non-empty string, got {value!r}")
-    if any(ord(ch) < 32 for ch in value):
-        raise InvalidInput(f"memory key: {kind} {value!r} contains control characters")
-    return value
-
-
 @dataclass(frozen=True, slots=True)
 class MemoryKey:
     """Which conversation a memory call is about: ``"{device_id}:{session_id}"``."""
@@ -67,8 +59,8 @@ class MemoryKey:
     session_id: str
 
     def __post_init__(self) -> None:
-        _check_part("device_id", self.device_id)
-        _check_part("session_id", self.session_id)
+        check_id("memory key device_id", self.device_id, MAX_DEVICE_ID)
+        check_id("memory key session_id", self.session_id, MAX_SESSION_ID)
         if ":" in self.session_id:
             raise InvalidInput(
                 f"memory key: session_id {self.session_id!r} contains ':'; the string form splits at the last "
@@ -158,7 +150,8 @@ class MemoryMessage:
         )
 
     @classmethod
-    def from_new_message(cls, message: NewMessage) -> MemoryMessage:
+    def from_message(cls, message: NewMessage | StoredMessage) -> MemoryMessage:
+        """From a message to store or a stored one; the history has no "name" column, it rides in metadata."""
         name = (message.metadata or {}).get("name")
         return cls(
             role=message.role,
@@ -231,7 +224,7 @@ class MemoryProvider(ABC):
             key = MemoryKey(message.device_id, message.session_id)
             if not runs or runs[-1][0] != key:
                 runs.append((key, []))
-            runs[-1][1].append(MemoryMessage.from_new_message(message))
+            runs[-1][1].append(MemoryMessage.from_message(message))
         for key, run in runs:
             await self.add_messages(key, run)
 

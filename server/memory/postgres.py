@@ -28,27 +28,13 @@ from server.memory.base import (
 )
 from server.storage.conversation_store import ConversationStore
 from server.storage.errors import InvalidInput
-from server.storage.models import NewMessage, SearchHit, StoredMessage
+from server.storage.models import NewMessage, SearchHit
 
 # How many of the previous session's messages the get_context summary looks at.
 CONTEXT_MESSAGES = 6
 CONTEXT_MESSAGE_CHARS = 120
 # Pages of hits fetched per term while skipping forgotten messages and the echo of the query.
 _MAX_SEARCH_PAGES = 5
-
-
-def _memory_message(row: StoredMessage) -> MemoryMessage:
-    name = (row.metadata or {}).get("name")
-    return MemoryMessage(
-        role=row.role,
-        content=row.content,
-        tool_calls=row.tool_calls,
-        tool_call_id=row.tool_call_id,
-        name=name if isinstance(name, str) else None,
-        multi_content=row.multi_content,
-        created_at=row.created_at,
-        message_id=row.message_id,
-    )
 
 
 def _new_message(key: MemoryKey, message: MemoryMessage) -> NewMessage:
@@ -109,7 +95,7 @@ class PostgresMemory(MemoryProvider):
         key = as_key(key)
         if n <= 0:
             return []
-        return [_memory_message(row) for row in await self.store.last_messages(key.session_id, n)]
+        return [MemoryMessage.from_message(row) for row in await self.store.last_messages(key.session_id, n)]
 
     async def get_context(self, key: KeyLike, max_tokens: int = 500) -> str:
         """One line summing up the device's previous session, only while the current one is still empty
