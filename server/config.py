@@ -114,6 +114,43 @@ class EventSettings(_Section):
     drain_timeout_s: float = Field(30.0, ge=0)
 
 
+class AuthSettings(_Section):
+    enabled: bool = False
+    secret: SecretStr = SecretStr("")
+    allowed_devices: list[str] = Field(default_factory=list)  # these skip token checks
+    max_age_s: int = Field(30 * 86400, ge=60)
+
+
+class ServerSettings(_Section):
+    """The device server (protocol.md §1, §2)."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=0, le=65535)  # 0 = any free port (tests)
+    http_port: int = Field(8003, ge=0, le=65535)  # OTA + /healthz
+    public_host: str | None = None  # what devices are told to connect to; default: this machine's address
+    auth: AuthSettings = AuthSettings()
+    downlink_sample_rate: Literal[16000, 24000] = 24000
+    frame_duration_ms: Literal[20, 40, 60] = 60
+    prebuffer_frames: int = Field(3, ge=0, le=10)
+    hello_timeout_s: float = Field(10.0, gt=0)
+    idle_timeout_s: float = Field(120.0, gt=0)
+    tool_call_timeout_s: float = Field(30.0, gt=0)
+    max_frame_bytes: int = Field(64 * 1024, ge=1024)
+    vad_min_silence_ms: int = Field(700, ge=100, le=5000)
+    vad_tick_ms: int = Field(30, ge=5, le=200)
+    system_prompt: str = "你是小智，一个友好、简洁的语音助手。Answer in the user's language, briefly."
+    live_token: SecretStr = SecretStr("")  # remote consoles must present it on /xiaozhi/live
+
+
+class PipelineSettings(_Section):
+    """Like the reference's ``selected_module``: which named instance of each kind, and the instances."""
+
+    asr: str = "whisper"
+    llm: str = "local"
+    tts: str = "espeak"
+    instances: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)  # kind → name → {type, …}
+
+
 class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     minio: MinioSettings | None = None  # absent → audio saving is off (S15)
@@ -121,6 +158,8 @@ class Settings(_Section):
     memory: MemorySettings = MemorySettings()
     redis: RedisSettings | None = None
     events: EventSettings = EventSettings()
+    server: ServerSettings = ServerSettings()
+    pipeline: PipelineSettings = PipelineSettings()
     data_dir: Path = Field(default_factory=lambda: platformdirs.user_data_path(APP_NAME))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     source: str = Field("defaults", exclude=True)
@@ -164,6 +203,10 @@ ENV_OVERRIDES: dict[str, str] = {
     "CONVERSATION_STORAGE_TYPE": "conversation.storage_type",
     "ENABLE_AUDIO_STORAGE": "conversation.enable_audio_storage",
     "MESSAGE_RETENTION_DAYS": "conversation.message_retention_days",
+    "SERVER_HOST": "server.host",
+    "SERVER_PORT": "server.port",
+    "SERVER_HTTP_PORT": "server.http_port",
+    "SERVER_AUTH_SECRET": "server.auth.secret",
     "XIAOZHI_DATA_DIR": "data_dir",
     "XIAOZHI_LOG_LEVEL": "log_level",
 }

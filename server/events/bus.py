@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from server.events.spool import Spool, SpoolFull
-from server.events.types import AddMessage, Event, SaveAudio, SessionEnd
+from server.events.types import AddMessage, Event, SaveAudio, SessionEnd, SessionStart
 from server.storage.db import is_transient
 from server.storage.errors import StorageUnavailable
 from server.storage.models import NewMessage
@@ -38,6 +38,8 @@ class EventHandlers(Protocol):
     """What the bus calls; raising a transient error (StorageUnavailable, connection errors) means "retry"."""
 
     async def add_messages(self, messages: Sequence[NewMessage]) -> None: ...
+
+    async def start_session(self, event: SessionStart) -> None: ...
 
     async def end_session(self, event: SessionEnd) -> None: ...
 
@@ -240,6 +242,8 @@ class EventBus:
         first = unit[0]
         if isinstance(first, AddMessage):
             await self.handlers.add_messages([e.message for e in unit])  # type: ignore[union-attr]
+        elif isinstance(first, SessionStart):
+            await self.handlers.start_session(first)
         elif isinstance(first, SessionEnd):
             await self.handlers.end_session(first)
         else:

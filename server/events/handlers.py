@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from server.events.types import SaveAudio, SessionEnd
+from server.events.types import SaveAudio, SessionEnd, SessionStart
 from server.storage.conversation_store import ConversationStore
 from server.storage.models import NewMessage
 
@@ -37,6 +37,16 @@ class StorageHandlers:
             await self.store.add_messages(messages)
         if self.memory is not None and self.memory.keeps_own_copy:
             await self.memory.add_new_messages(messages)
+
+    async def start_session(self, event: SessionStart) -> None:
+        if self.store is not None:
+            await self.store.start_session(
+                event.session_id,
+                event.device_id,
+                agent_id=event.agent_id,
+                metadata=event.metadata,
+                started_at=event.started_at,
+            )
 
     async def end_session(self, event: SessionEnd) -> None:
         if self.store is not None:

@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Literal
 from server.storage.errors import InvalidInput
 from server.storage.models import MAX_DEVICE_ID, MAX_SESSION_ID, NewMessage, check_id
 
+TOPIC_SESSION_START = "session-start"
 TOPIC_ADD_MESSAGE = "add-message"
 TOPIC_SESSION_END = "session-end"
 TOPIC_SAVE_AUDIO = "save-audio"
@@ -27,6 +28,23 @@ class AddMessage:
 
     def validate(self) -> AddMessage:
         self.message.validate()
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStart:
+    """A device connected: its session row (with agent and connection metadata) comes first."""
+
+    topic: ClassVar[str] = TOPIC_SESSION_START
+    session_id: str
+    device_id: str
+    agent_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def validate(self) -> SessionStart:
+        check_id("session_id", self.session_id, MAX_SESSION_ID)
+        check_id("device_id", self.device_id, MAX_DEVICE_ID)
         return self
 
 
@@ -80,7 +98,7 @@ class SaveAudio:
         return self
 
 
-Event = AddMessage | SessionEnd | SaveAudio
+Event = SessionStart | AddMessage | SessionEnd | SaveAudio
 
 
 def _stamp(value: datetime | None) -> str | None:
@@ -97,6 +115,15 @@ def to_record(event: Event) -> dict[str, Any]:
         body = asdict(event.message)
         body["created_at"] = _stamp(event.message.created_at)
         return {"topic": event.topic, "message": body}
+    if isinstance(event, SessionStart):
+        return {
+            "topic": event.topic,
+            "session_id": event.session_id,
+            "device_id": event.device_id,
+            "agent_id": event.agent_id,
+            "metadata": event.metadata,
+            "started_at": _stamp(event.started_at),
+        }
     if isinstance(event, SessionEnd):
         return {
             "topic": event.topic,
@@ -119,6 +146,14 @@ def from_record(record: dict[str, Any]) -> Event:
             body = dict(record["message"])
             body["created_at"] = _parse_stamp(body.get("created_at"))
             return AddMessage(NewMessage(**body))
+        if topic == TOPIC_SESSION_START:
+            return SessionStart(
+                record["session_id"],
+                record["device_id"],
+                record.get("agent_id"),
+                record.get("metadata"),
+                _parse_stamp(record["started_at"]) or datetime.now(UTC),
+            )
         if topic == TOPIC_SESSION_END:
             return SessionEnd(
                 record["session_id"],

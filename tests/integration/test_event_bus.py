@@ -9,7 +9,7 @@ import pytest
 from server.config import DatabaseSettings
 from server.events.bus import EventBus
 from server.events.handlers import StorageHandlers
-from server.events.types import AddMessage, SaveAudio, SessionEnd
+from server.events.types import AddMessage, SaveAudio, SessionEnd, SessionStart
 from server.storage.audio_store import AudioStore
 from server.storage.conversation_store import ConversationStore
 from server.storage.db import create_pool
@@ -49,6 +49,21 @@ async def test_each_sessions_events_are_written_in_publish_order(bus: EventBus, 
         assert await contents(store, f"s{s}") == [f"s{s}#{i}" for i in range(40)]
     assert (await store.get_session("s3")).status == "ended"
     assert bus.stats.written == 1001 and bus.stats.spooled == 0
+
+
+async def test_session_start_comes_first_and_survives_the_spool(store: ConversationStore, tmp_path: Path) -> None:
+    bus = EventBus(StorageHandlers(store), tmp_path / "spool", shards=1, queue_size=2, **FAST)  # type: ignore[arg-type]
+    await bus.start()
+    try:
+        bus.publish(SessionStart("s", "dev", agent_id="agent-1", metadata={"client_id": "c-1"}))
+        for i in range(6):  # overflows the tiny queue: the rest goes through the spool
+            bus.publish(add("s", i))
+        await bus.drain()
+        await bus.replay_once()
+        info = await store.get_session("s")
+        assert info.agent_id == "agent-1" and info.metadata == {"client_id": "c-1"} and info.message_count == 6
+    finally:
+        await bus.close(timeout=10)
 
 
 async def test_invalid_event_is_refused_at_publish(bus: EventBus) -> None:
