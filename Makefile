@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml packaging/system-packages.txt packaging/ensure-system-p
 	bash packaging/ensure-system-packages.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,voices]'
 	touch $(STAMP)
 
 run: setup

@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("config", help="print the effective configuration (secrets hidden)").set_defaults(run=cmd_config)
 
+    srv = sub.add_parser("server", help="run the device server (xiaozhi WebSocket protocol + OTA)")
+    srv.add_argument("--host", help="listen address (server.host)")
+    srv.add_argument("--port", type=_port, help="WebSocket port (server.port)")
+    srv.add_argument("--http-port", type=_port, help="OTA/health port (server.http_port)")
+    srv.set_defaults(run=cmd_server)
+
     demo = sub.add_parser("demo", help="start storage (embedded by default) and store a demo conversation")
     demo.add_argument("--exit", action="store_true", help="exit after storing instead of waiting for Ctrl+C")
     demo.set_defaults(run=cmd_demo)
@@ -72,6 +78,13 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError("must be a port number 0-65535")
     return value
 
 
@@ -223,6 +236,32 @@ async def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     print(f"# source: {settings.source}")
     print(json.dumps(redacted(settings), indent=2, ensure_ascii=False))
     return 0
+
+
+async def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
+    from server.device.server import DeviceServer
+
+    overrides = {
+        k: v for k, v in (("host", args.host), ("port", args.port), ("http_port", args.http_port)) if v is not None
+    }
+    if overrides:
+        settings.server = settings.server.model_copy(update=overrides)
+
+    async def run(rt: StorageRuntime) -> int:
+        server = DeviceServer(settings, runtime=rt)
+        await server.start()
+        try:
+            for line in rt.describe():
+                print(line)
+            print(f"devices connect to: {server.websocket_url()}")
+            print(f"OTA URL for the firmware: {server.ota_url()}")
+            sys.stdout.flush()
+            await asyncio.Event().wait()
+        finally:
+            await server.stop()
+        return 0
+
+    return await _with_runtime(settings, run, retention=True)
 
 
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,0 +1,191 @@
+"""The device server: xiaozhi WebSocket endpoint, OTA HTTP endpoint, batched VAD, storage wiring.
+
+Bad handshakes are refused before the upgrade (400 without Device-Id, 401 for a bad token). One task
+per connection; one VAD task for all of them runs the batched model every ``vad_tick_ms``, off the
+event loop thread, so hundreds of streaming devices cost one onnx call per tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from server.config import Settings
+from server.device.connection import DeviceConnection
+from server.device.context import ServerContext
+from server.device.ota import OtaApp
+from server.live.feed import LiveFeed
+from server.pipeline.registry import PipelineProviders, build_pipeline
+from server.pipeline.vad import VadBatcher
+from server.protocol.auth import AuthError, parse_authorization, verify_token
+from server.protocol.headers import ConnectionInfo, HandshakeError, parse_connection
+from server.runtime import StorageRuntime
+
+log = logging.getLogger(__name__)
+WS_PATH = "/xiaozhi/v1"
+
+
+class DeviceServer:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        runtime: StorageRuntime | None = None,
+        live: LiveFeed | None = None,
+        providers: PipelineProviders | None = None,
+    ) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.live = live or LiveFeed(server_name=socket.gethostname())
+        self._providers = providers
+        self.ctx: ServerContext | None = None
+        self._ws: Server | None = None
+        self._ota: OtaApp | None = None
+        self._vad_task: asyncio.Task[None] | None = None
+        self._infos: dict[int, ConnectionInfo] = {}
+        self.ws_port = 0
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.settings.server
+        providers = self._providers or build_pipeline(_pipeline_root(self.settings))
+        self.ctx = ServerContext(
+            settings=cfg,
+            providers=providers,
+            vad=VadBatcher(),
+            live=self.live,
+            bus=self.runtime.bus if self.runtime else None,
+            store=self.runtime.store if self.runtime else None,
+            context_messages=self.settings.conversation.context_messages,
+            server_name=self.live.server_name,
+        )
+        self._ws = await serve(
+            self._handle,
+            cfg.host,
+            cfg.port,
+            process_request=self._process_request,
+            max_size=cfg.max_frame_bytes,
+            max_queue=64,
+            ping_interval=30,
+            ping_timeout=30,
+        )
+        self.ws_port = next(iter(self._ws.sockets)).getsockname()[1]
+        self._ota = OtaApp(cfg, self.websocket_url, self.health)
+        await self._ota.start(cfg.host, cfg.http_port)
+        self._vad_task = asyncio.create_task(self._vad_loop(), name="vad")
+        log.info("device server: %s (OTA %s)", self.websocket_url(), self.ota_url())
+
+    async def stop(self) -> None:
+        if self._ws is not None:
+            self._ws.close(close_connections=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.wait_closed(), 10)
+            self._ws = None
+        if self._vad_task is not None:
+            self._vad_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._vad_task
+        if self._ota is not None:
+            await self._ota.stop()
+        if self.ctx is not None and self._providers is None:
+            await self.ctx.providers.close()
+
+    # ---- addresses ------------------------------------------------------------------------------
+
+    def _public_host(self) -> str:
+        cfg = self.settings.server
+        if cfg.public_host:
+            return cfg.public_host
+        if cfg.host not in ("0.0.0.0", "::", ""):
+            return cfg.host
+        return _local_address()
+
+    def websocket_url(self) -> str:
+        return f"ws://{self._public_host()}:{self.ws_port}{WS_PATH}/"
+
+    def ota_url(self) -> str:
+        return f"http://{self._public_host()}:{self._ota.port if self._ota else 0}/xiaozhi/ota/"
+
+    def health(self) -> dict[str, Any]:
+        stats: dict[str, Any] = self.ctx.stats() if self.ctx else {}
+        if self.runtime and self.runtime.bus:
+            stats["spooled_events"] = len(self.runtime.bus.spool)
+        return stats
+
+    # ---- handshake and connections --------------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        if url.path.rstrip("/") != WS_PATH:
+            return connection.respond(HTTPStatus.NOT_FOUND, f"the device endpoint is {WS_PATH}/\n")
+        try:
+            info = parse_connection(request.headers, parse_qs(url.query))
+        except HandshakeError as exc:
+            return connection.respond(exc.status, exc.reason + "\n")
+        auth = self.settings.server.auth
+        if auth.enabled and info.device_id not in auth.allowed_devices:
+            try:
+                verify_token(
+                    auth.secret.get_secret_value(),
+                    parse_authorization(info.token or ""),
+                    info.client_id or "",
+                    info.device_id,
+                    max_age_s=auth.max_age_s,
+                )
+            except (AuthError, ValueError) as exc:
+                log.info("refused %s: %s", info.device_id, exc)
+                return connection.respond(HTTPStatus.UNAUTHORIZED, f"unauthorized: {exc}\n")
+        self._infos[id(connection)] = info
+        return None
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        info = self._infos.pop(id(connection))
+        assert self.ctx is not None
+        try:
+            await DeviceConnection(connection, info, self.ctx).run()
+        except Exception:  # one device's bug must never take the server down
+            log.exception("device %s: connection failed", info.device_id)
+
+    async def _vad_loop(self) -> None:
+        assert self.ctx is not None
+        tick = self.settings.server.vad_tick_ms / 1000
+        while True:
+            await asyncio.sleep(tick)
+            if not len(self.ctx.vad):
+                continue
+            try:
+                results = await asyncio.to_thread(self.ctx.vad.run)
+            except Exception:
+                log.exception("VAD run failed")
+                continue
+            for stream_id, events in results.items():
+                conn = self.ctx.by_vad_stream.get(stream_id)
+                if conn is not None:
+                    conn.on_vad(events)
+
+
+def _pipeline_root(settings: Settings) -> dict[str, Any]:
+    p = settings.pipeline
+    root: dict[str, Any] = {"selected_module": {"ASR": p.asr, "LLM": p.llm, "TTS": p.tts}}
+    for kind, instances in p.instances.items():
+        root[kind.upper()] = instances
+    return root
+
+
+def _local_address() -> str:
+    """This machine's address on the LAN (what a device on the same network reaches)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))  # no packet is sent; it only picks the outgoing interface
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"

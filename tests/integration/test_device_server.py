@@ -1,0 +1,222 @@
+"""The device server end to end: a scripted device over a real socket ↔ server ↔ real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from server.config import DatabaseSettings, EventSettings, ServerSettings, Settings
+from server.device.server import DeviceServer
+from server.protocol.auth import make_token
+from server.runtime import StorageRuntime
+from server.storage.conversation_store import ConversationStore
+from tests.conftest import minio_settings
+from tests.support.device import VOLUME_TOOL, ScriptedDevice
+from tests.support.speech import silence, spoken_pcm16k, to_opus_packets
+from tests.support.waiting import wait_until
+
+FRAME_S = 0.06
+
+
+@pytest.fixture
+async def runtime(db: DatabaseSettings, tmp_path: Path) -> AsyncIterator[StorageRuntime]:
+    settings = Settings(database=db, data_dir=tmp_path, events=EventSettings(replay_interval_s=0.05))
+    async with StorageRuntime(settings) as rt:
+        yield rt
+
+
+def server_settings(runtime: StorageRuntime, **server: object) -> Settings:
+    return runtime.settings.model_copy(
+        update={"server": ServerSettings(host="127.0.0.1", port=0, http_port=0, **server)}  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+async def server(runtime: StorageRuntime) -> AsyncIterator[DeviceServer]:
+    srv = DeviceServer(server_settings(runtime, hello_timeout_s=2.0), runtime=runtime)
+    await srv.start()
+    yield srv
+    await srv.stop()
+
+
+async def test_text_turn_streams_paced_audio_and_stops_after_the_tail(
+    server: DeviceServer, runtime: StorageRuntime
+) -> None:
+    device = await ScriptedDevice.connect(server.websocket_url())
+    hello = await device.hello()
+    assert hello["type"] == "hello" and hello["transport"] == "websocket" and hello["session_id"]
+    assert hello["audio_params"] == {"format": "opus", "sample_rate": 24000, "channels": 1, "frame_duration": 60}
+    reply = await device.say("hello")
+    assert reply.of_type("stt")[0]["text"] == "hello"
+    assert reply.of_type("tts")[0]["state"] == "start"
+    assert reply.of_type("tts", "sentence_start"), "sentences are announced"
+    assert len(reply.audio) >= 5
+    first, last = reply.audio[0][0], reply.audio[-1][0]
+    played = len(reply.audio) * FRAME_S
+    assert last - first >= played - 5 * FRAME_S, "frames are paced to real time, not dumped at once"
+    assert reply.stop_at - first >= played - 0.01, "tts stop only after the last frame has had time to play"
+    await device.close()
+
+    store = runtime.store
+    assert store is not None
+    await wait_until(lambda: server.ctx is not None and not server.ctx.connections)
+    await runtime.bus.drain()  # type: ignore[union-attr]
+    info = await store.get_session(hello["session_id"])
+    assert info.status == "ended" and info.device_id == "aa:bb:cc:dd:ee:01"
+    timeline = await store.timeline(hello["session_id"])
+    assert [m.role for m in timeline] == ["user", "assistant"] and timeline[0].content == "hello"
+    assert timeline[1].audio_file_id is None or isinstance(timeline[1].audio_file_id, str)
+
+
+async def test_device_tool_is_called_through_mcp_and_stored_in_order(
+    server: DeviceServer, runtime: StorageRuntime
+) -> None:
+    device = await ScriptedDevice.connect(server.websocket_url())
+    hello = await device.hello(mcp_tools=[VOLUME_TOOL])
+    await wait_until(lambda: any(c.mcp.tools for c in server.ctx.connections.values()))  # type: ignore[union-attr]
+    reply = await device.say("set the volume to 30")
+    assert device.volume == 30 and device.tool_calls[0]["name"] == VOLUME_TOOL.name
+    assert reply.audio, "the confirmation is spoken"
+    await device.close()
+    await wait_until(lambda: not server.ctx.connections)  # type: ignore[union-attr]
+    await runtime.bus.drain()  # type: ignore[union-attr]
+    roles = [(m.role, bool(m.tool_calls)) for m in await runtime.store.timeline(hello["session_id"])]  # type: ignore[union-attr]
+    assert roles == [("user", False), ("assistant", True), ("tool", False), ("assistant", False)]
+
+
+async def test_reconnect_keeps_the_context(server: DeviceServer, runtime: StorageRuntime) -> None:
+    first = await ScriptedDevice.connect(server.websocket_url(), device_id="aa:bb:cc:dd:ee:02")
+    await first.hello()
+    await first.say("my name is Ada")
+    await first.close()
+    await wait_until(lambda: not server.ctx.connections)  # type: ignore[union-attr]
+    await runtime.bus.drain()  # type: ignore[union-attr]
+    second = await ScriptedDevice.connect(server.websocket_url(), device_id="aa:bb:cc:dd:ee:02")
+    await second.hello()
+    await wait_until(lambda: all(c.context_ready.done() for c in server.ctx.connections.values()))  # type: ignore[union-attr]
+    conn = next(iter(server.ctx.connections.values()))  # type: ignore[union-attr]
+    assert any("Ada" in m.content for m in conn.context_ready.result())
+    await second.close()
+
+
+async def test_missing_device_id_is_refused_before_the_upgrade(server: DeviceServer) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(server.websocket_url(), open_timeout=5)
+    assert refused.value.response.status_code == 400
+
+
+async def test_bad_token_is_401_and_a_good_one_connects(runtime: StorageRuntime) -> None:
+    srv = DeviceServer(server_settings(runtime, auth={"enabled": True, "secret": "s3cret"}), runtime=runtime)
+    await srv.start()
+    try:
+        with pytest.raises(InvalidStatus) as refused:
+            await ScriptedDevice.connect(srv.websocket_url(), Authorization="Bearer nope.123")
+        assert refused.value.response.status_code == 401
+        token = make_token("s3cret", "c0ffee00-0000-4000-8000-000000000001", "aa:bb:cc:dd:ee:01")
+        device = await ScriptedDevice.connect(srv.websocket_url(), Authorization=f"Bearer {token}")
+        assert (await device.hello())["session_id"]
+        await device.close()
+    finally:
+        await srv.stop()
+
+
+async def test_bad_messages_get_an_alert_and_the_connection_goes_on(server: DeviceServer) -> None:
+    device = await ScriptedDevice.connect(server.websocket_url(), version=2)
+    await device.hello()
+    for bad in ("{not json", '{"type": "dance"}', '{"type": "listen", "state": "sideways"}'):
+        await device.ws.send(bad)
+        alert = await device.recv()
+        assert '"alert"' in alert and '"error"' in alert
+    await device.ws.send(b"\x00\x02\x00")  # truncated v2 header
+    assert "bad audio frame" in await device.recv()
+    reply = await device.say("hello")
+    assert reply.audio, "still talking after all that"
+    await device.close()
+
+
+async def test_binary_before_hello_and_no_hello_close_cleanly(server: DeviceServer) -> None:
+    device = await ScriptedDevice.connect(server.websocket_url())
+    await device.ws.send(b"\x01\x02\x03")
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(device.ws.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1002
+    silent = await ScriptedDevice.connect(server.websocket_url())
+    with pytest.raises(ConnectionClosed) as timed_out:
+        await asyncio.wait_for(silent.ws.recv(), 5)
+    assert timed_out.value.rcvd is not None and timed_out.value.rcvd.code == 4000
+
+
+async def test_abort_silences_within_a_frame(server: DeviceServer) -> None:
+    device = await ScriptedDevice.connect(server.websocket_url())
+    await device.hello()
+    await device.send_json({"type": "listen", "state": "detect", "text": "tell me a long story please"})
+    async with asyncio.timeout(20):
+        while not isinstance(await device.recv(), bytes):
+            pass
+    await device.send_json({"type": "abort"})
+    reply = await device.until_tts_stop(timeout=5)
+    assert len(reply.audio) <= 4, "at most what was already in flight"
+
+
+async def test_device_vanishing_mid_reply_keeps_what_was_said(server: DeviceServer, runtime: StorageRuntime) -> None:
+    device = await ScriptedDevice.connect(server.websocket_url())
+    hello = await device.hello()
+    await device.send_json({"type": "listen", "state": "detect", "text": "tell me a long story please"})
+    async with asyncio.timeout(20):
+        while not isinstance(await device.recv(), bytes):
+            pass
+    device.ws.transport.abort()  # gone, no close handshake
+    await wait_until(lambda: not server.ctx.connections)  # type: ignore[union-attr]
+    await runtime.bus.drain()  # type: ignore[union-attr]
+    store: ConversationStore = runtime.store  # type: ignore[assignment]
+    info = await store.get_session(hello["session_id"])
+    assert info.status == "ended"
+    roles = [m.role for m in await store.timeline(hello["session_id"])]
+    assert roles[0] == "user" and "assistant" in roles, "the part already spoken is stored"
+
+
+async def test_spoken_turn_in_auto_mode_is_transcribed_and_only_the_speech_is_saved(
+    s3_endpoint: str, db: DatabaseSettings, tmp_path: Path
+) -> None:
+    settings = Settings(
+        database=db, minio=minio_settings(s3_endpoint), data_dir=tmp_path,
+        events=EventSettings(replay_interval_s=0.05),
+        server=ServerSettings(host="127.0.0.1", port=0, http_port=0, vad_min_silence_ms=500),
+    )  # fmt: skip
+    async with StorageRuntime(settings) as rt:
+        srv = DeviceServer(settings, runtime=rt)
+        await srv.start()
+        try:
+            device = await ScriptedDevice.connect(srv.websocket_url())
+            hello = await device.hello()
+            await device.send_json({"type": "listen", "state": "start", "mode": "auto"})
+            speech = spoken_pcm16k("what time is it")
+            pcm = np.concatenate([silence(1500), speech, silence(1500)])
+            for packet in to_opus_packets(pcm):
+                await device.send_audio(packet)
+                await asyncio.sleep(0.01)
+            reply = await device.until_tts_stop(timeout=60)
+            heard = reply.of_type("stt")[0]["text"].lower()
+            assert "time" in heard
+            assert reply.audio
+            await device.close()
+            await wait_until(lambda: not srv.ctx.connections)  # type: ignore[union-attr]
+            await rt.bus.drain()  # type: ignore[union-attr]
+            await wait_until(lambda: not len(rt.bus.spool))  # type: ignore[union-attr]
+            store = rt.store
+            assert store is not None
+            user = (await store.timeline(hello["session_id"]))[0]
+            assert user.role == "user" and user.audio_file_id is not None
+            audio = await store.get_audio_file(user.audio_file_id)
+            total_ms = len(pcm) / 16
+            speech_ms = len(speech) / 16
+            assert speech_ms <= audio.duration_ms + 150, "the whole utterance is kept"
+            assert audio.duration_ms < total_ms - 2000, "the silence around it is not"
+        finally:
+            await srv.stop()
