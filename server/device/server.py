@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import json
 import logging
 import socket
 from http import HTTPStatus
@@ -16,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from server.config import Settings
@@ -23,6 +26,7 @@ from server.device.connection import DeviceConnection
 from server.device.context import ServerContext
 from server.device.ota import OtaApp
 from server.live.feed import LiveFeed
+from server.live.pg_relay import PgLiveRelay
 from server.pipeline.registry import PipelineProviders, build_pipeline
 from server.pipeline.vad import VadBatcher
 from server.protocol.auth import AuthError, parse_authorization, verify_token
@@ -31,6 +35,7 @@ from server.runtime import StorageRuntime
 
 log = logging.getLogger(__name__)
 WS_PATH = "/xiaozhi/v1"
+LIVE_PATH = "/xiaozhi/live"
 
 
 class DeviceServer:
@@ -51,6 +56,8 @@ class DeviceServer:
         self._ota: OtaApp | None = None
         self._vad_task: asyncio.Task[None] | None = None
         self._infos: dict[int, ConnectionInfo] = {}
+        self._live_filters: dict[int, str | None] = {}
+        self._relay: PgLiveRelay | None = None
         self.ws_port = 0
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -82,9 +89,14 @@ class DeviceServer:
         self._ota = OtaApp(cfg, self.websocket_url, self.health)
         await self._ota.start(cfg.host, cfg.http_port)
         self._vad_task = asyncio.create_task(self._vad_loop(), name="vad")
+        if self.runtime is not None:
+            self._relay = PgLiveRelay(self.runtime.settings.database, self.live)
+            await self._relay.start()
         log.info("device server: %s (OTA %s)", self.websocket_url(), self.ota_url())
 
     async def stop(self) -> None:
+        if self._relay is not None:
+            await self._relay.stop()
         if self._ws is not None:
             self._ws.close(close_connections=True)
             with contextlib.suppress(Exception):
@@ -125,6 +137,8 @@ class DeviceServer:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
+        if url.path.rstrip("/") == LIVE_PATH:
+            return self._authorize_live(connection, request, parse_qs(url.query))
         if url.path.rstrip("/") != WS_PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, f"the device endpoint is {WS_PATH}/\n")
         try:
@@ -147,7 +161,40 @@ class DeviceServer:
         self._infos[id(connection)] = info
         return None
 
+    def _authorize_live(
+        self, connection: ServerConnection, request: Request, query: dict[str, list[str]]
+    ) -> Response | None:
+        """Remote consoles: ``/xiaozhi/live?device=…`` with ``Authorization: Bearer <server.live_token>``."""
+        expected = self.settings.server.live_token.get_secret_value()
+        if not expected:
+            return connection.respond(HTTPStatus.FORBIDDEN, "the live feed is off: set server.live_token\n")
+        given = parse_authorization(request.headers.get("Authorization", "")) or (query.get("token") or [""])[0]
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return connection.respond(HTTPStatus.UNAUTHORIZED, "unauthorized: bad live token\n")
+        self._live_filters[id(connection)] = (query.get("device") or [None])[0]
+        return None
+
+    async def _stream_live(self, connection: ServerConnection, device: str | None) -> None:
+        subscription = self.live.subscribe(device_id=device)
+
+        async def pump() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                async for event in subscription:
+                    await connection.send(json.dumps(event.to_json(), ensure_ascii=False))
+
+        tasks = {asyncio.create_task(pump()), asyncio.create_task(connection.wait_closed())}
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            subscription.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _handle(self, connection: ServerConnection) -> None:
+        if id(connection) in self._live_filters:
+            await self._stream_live(connection, self._live_filters.pop(id(connection)))
+            return
         info = self._infos.pop(id(connection))
         assert self.ctx is not None
         try:

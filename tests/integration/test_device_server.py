@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -220,3 +221,33 @@ async def test_spoken_turn_in_auto_mode_is_transcribed_and_only_the_speech_is_sa
             assert audio.duration_ms < total_ms - 2000, "the silence around it is not"
         finally:
             await srv.stop()
+
+
+async def test_remote_console_follows_a_device_live_and_bad_tokens_are_refused(runtime: StorageRuntime) -> None:
+    srv = DeviceServer(server_settings(runtime, live_token="console-secret"), runtime=runtime)
+    await srv.start()
+    live_url = srv.websocket_url().replace("/xiaozhi/v1/", "/xiaozhi/live")
+    try:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(live_url, additional_headers={"Authorization": "Bearer wrong"}, open_timeout=5)
+        assert refused.value.response.status_code == 401
+        console = await connect(
+            live_url + "?device=aa:bb:cc:dd:ee:01", additional_headers={"Authorization": "Bearer console-secret"}
+        )
+        device = await ScriptedDevice.connect(srv.websocket_url())
+        other = await ScriptedDevice.connect(srv.websocket_url(), device_id="aa:bb:cc:dd:ee:99")
+        await other.hello()
+        await device.hello()
+        await device.say("hello")
+        kinds = []
+        async with asyncio.timeout(10):
+            while "tts" not in kinds or "stt" not in kinds:
+                event = json.loads(await console.recv())
+                assert event["device_id"] == "aa:bb:cc:dd:ee:01", "only the device the console asked for"
+                kinds.append(event["kind"])
+        assert kinds[0] == "connect"
+        await console.close()
+        await device.close()
+        await other.close()
+    finally:
+        await srv.stop()
