@@ -12,13 +12,14 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from server.config import DatabaseSettings, EventSettings, ServerSettings, Settings
+from server.config import DatabaseSettings, EventSettings, PipelineSettings, ServerSettings, Settings
 from server.device.server import DeviceServer
 from server.protocol.auth import make_token
 from server.runtime import StorageRuntime
 from server.storage.conversation_store import ConversationStore
 from tests.conftest import minio_settings
 from tests.support.device import VOLUME_TOOL, ScriptedDevice
+from tests.support.proxy import FaultProxy
 from tests.support.speech import silence, spoken_pcm16k, to_opus_packets
 from tests.support.waiting import wait_until
 
@@ -251,3 +252,91 @@ async def test_remote_console_follows_a_device_live_and_bad_tokens_are_refused(r
         await other.close()
     finally:
         await srv.stop()
+
+
+async def test_llm_service_down_gives_the_device_an_alert_and_the_server_goes_on(runtime: StorageRuntime) -> None:
+    remote = {"type": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m", "timeout_s": 2}
+    pipeline = PipelineSettings(llm="remote", instances={"llm": {"remote": remote}})
+    settings = server_settings(runtime).model_copy(update={"pipeline": pipeline})
+    srv = DeviceServer(settings, runtime=runtime)
+    await srv.start()
+    try:
+        device = await ScriptedDevice.connect(srv.websocket_url())
+        await device.hello()
+        reply = await device.say("hello")
+        alerts = reply.of_type("alert")
+        assert alerts and alerts[0]["status"] == "error" and "cannot connect" in alerts[0]["message"]
+        assert reply.of_type("tts", "stop"), "the device is released, not left speaking"
+        again = await device.say("hello")  # the connection is still usable
+        assert again.of_type("alert")
+        await device.close()
+    finally:
+        await srv.stop()
+
+
+async def test_postgres_down_mid_conversation_never_stalls_the_device_and_nothing_is_lost(
+    db: DatabaseSettings, tmp_path: Path
+) -> None:
+    proxy = await FaultProxy(db.host, db.port).start()
+    settings = Settings(
+        database=db.model_copy(update={"port": proxy.port}), data_dir=tmp_path,
+        events=EventSettings(retries=1, retry_backoff_s=0.01, replay_interval_s=0.1),
+        server=ServerSettings(host="127.0.0.1", port=0, http_port=0),
+    )  # fmt: skip
+    async with StorageRuntime(settings) as rt:
+        srv = DeviceServer(settings, runtime=rt)
+        await srv.start()
+        try:
+            device = await ScriptedDevice.connect(srv.websocket_url())
+            hello = await device.hello()
+            await device.say("hello")
+            await proxy.cut()
+            reply = await device.say("what time is it")
+            assert reply.audio and reply.of_type("stt")[0]["text"] == "what time is it"
+            await device.close()
+            await wait_until(lambda: not srv.ctx.connections)  # type: ignore[union-attr]
+            await rt.bus.drain()  # type: ignore[union-attr]
+            assert len(rt.bus.spool) > 0  # type: ignore[union-attr]
+            await proxy.restore()
+            await wait_until(lambda: not len(rt.bus.spool), timeout=30)  # type: ignore[union-attr]
+            timeline = await rt.store.timeline(hello["session_id"])  # type: ignore[union-attr]
+            assert [m.role for m in timeline] == ["user", "assistant", "user", "assistant"]
+            assert (await rt.store.get_session(hello["session_id"])).status == "ended"  # type: ignore[union-attr]
+        finally:
+            await srv.stop()
+            await proxy.close()
+
+
+@pytest.mark.parametrize("version", [2, 3])
+async def test_binary_protocol_versions_2_and_3_hold_a_turn(server: DeviceServer, version: int) -> None:
+    device = await ScriptedDevice.connect(server.websocket_url(), version=version)
+    await device.hello()
+    reply = await device.say("hello")
+    assert len(reply.audio) >= 5 and all(len(p) < 400 for _, p in reply.audio)
+    await device.close()
+
+
+async def test_manual_mode_push_to_talk(server: DeviceServer) -> None:
+    device = await ScriptedDevice.connect(server.websocket_url())
+    await device.hello()
+    await device.send_json({"type": "listen", "state": "start", "mode": "manual"})
+    for packet in to_opus_packets(np.concatenate([spoken_pcm16k("what time is it"), silence(300)])):
+        await device.send_audio(packet)
+    await device.send_json({"type": "listen", "state": "stop"})
+    reply = await device.until_tts_stop(timeout=60)
+    assert "time" in reply.of_type("stt")[0]["text"].lower()
+    await device.close()
+
+
+async def test_one_misbehaving_device_does_not_disturb_another(server: DeviceServer) -> None:
+    good = await ScriptedDevice.connect(server.websocket_url(), device_id="aa:bb:cc:dd:ee:10")
+    bad = await ScriptedDevice.connect(server.websocket_url(), device_id="aa:bb:cc:dd:ee:11", version=3)
+    await good.hello()
+    await bad.hello()
+    await bad.send_json({"type": "listen", "state": "start", "mode": "auto"})
+    for i in range(200):
+        await bad.ws.send(bytes([i % 256]) * (i % 7))  # truncated and garbage frames
+    reply = await good.say("hello")
+    assert reply.audio
+    await good.close()
+    await bad.close()
