@@ -315,9 +315,12 @@ class DeviceConnection:
             self.ctx.live.emit("level", self.device_id, self.session_id, rms=round(rms, 1), speech=self._in_speech)
 
     def _trim_chunks(self) -> None:
-        keep_from = self._samples - int(
-            (MAX_UTTERANCE_S if (self._in_speech or self.listen_mode == "manual") else PREROLL_S) * UPLINK_RATE
-        )
+        if self._in_speech or self.listen_mode == "manual":
+            keep_from = self._samples - int(MAX_UTTERANCE_S * UPLINK_RATE)
+        else:
+            # Keep the pre-roll before what the VAD has already judged; audio it has not looked at yet
+            # (it lags by a tick, more under load or with a device sending faster than real time) stays.
+            keep_from = min(self._samples, self._vad.evaluated_samples) - int(PREROLL_S * UPLINK_RATE)
         while self._chunks and self._chunks[0].offset + len(self._chunks[0].pcm) < keep_from:
             self._chunks.popleft()
 
@@ -330,6 +333,7 @@ class DeviceConnection:
 
     def on_vad(self, events: list[VadEvent]) -> None:
         for event in events:
+            log.debug("device %s: %s", self.device_id, event)
             if event.kind == "speech_start":
                 self._in_speech = True
                 self._speech_start = event.start
@@ -349,7 +353,8 @@ class DeviceConnection:
         lo = start - int(PAD_S * UPLINK_RATE)
         hi = end + int(PAD_S * UPLINK_RATE)
         chunks = [c for c in self._chunks if c.offset + len(c.pcm) > lo and c.offset < hi]
-        self._chunks.clear()
+        while self._chunks and self._chunks[0].offset < hi:  # later audio may already hold the next utterance
+            self._chunks.popleft()
         pcm = np.concatenate([c.pcm for c in chunks]) if chunks else np.zeros(0, dtype=np.int16)
         return Utterance(packets=[c.packet for c in chunks], pcm=pcm)
 

@@ -52,8 +52,9 @@ async def run_turn(conn: DeviceConnection, utterance: Utterance) -> None:
     started = time.monotonic()
     try:
         text = await _user_text(conn, utterance)
+        log.debug("device %s: heard %r", conn.device_id, text)
         if not text:
-            conn.set_state("listening" if conn.listening else "idle")
+            _resume_listening(conn)  # nothing was understood: the device is still listening, so are we
             return
         user_id = uuid.uuid4().hex
         await conn.send_json(messages.stt(conn.session_id, text))
@@ -82,9 +83,14 @@ async def run_turn(conn: DeviceConnection, utterance: Utterance) -> None:
         await conn.alert(f"sorry, something went wrong: {exc}")
         with contextlib.suppress(ConnectionClosed):
             await conn.send_json(messages.tts_stop(conn.session_id))
-        conn.set_state("listening" if conn.listening else "idle")
+        _resume_listening(conn)
     finally:
         _store_reply(conn, reply)
+
+
+def _resume_listening(conn: DeviceConnection) -> None:
+    conn.listening = conn.listen_mode != "manual"
+    conn.set_state("listening" if conn.listening else "idle")
 
 
 async def _user_text(conn: DeviceConnection, utterance: Utterance) -> str:

@@ -293,6 +293,11 @@ class BatchedVadStream:
         """Speech probability of each window this stream had evaluated by the last ``run``."""
         return self._track.last_probabilities
 
+    @property
+    def evaluated_samples(self) -> int:
+        """How far the model has looked: audio before this offset has produced all its events."""
+        return self._track.windows * WINDOW_SAMPLES
+
     def push(self, pcm: np.ndarray | bytes) -> None:
         """Queue int16 16 kHz PCM of any length for the next ``run``."""
         audio = _as_float(pcm)

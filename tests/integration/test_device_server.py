@@ -340,3 +340,19 @@ async def test_one_misbehaving_device_does_not_disturb_another(server: DeviceSer
     assert reply.audio
     await good.close()
     await bad.close()
+
+
+async def test_audio_sent_faster_than_real_time_loses_no_speech_and_a_hum_is_not_a_turn(server: DeviceServer) -> None:
+    device = await ScriptedDevice.connect(server.websocket_url())
+    await device.hello()
+    await device.send_json({"type": "listen", "state": "start", "mode": "auto"})
+    rng = np.random.default_rng(1)
+    hum = (np.sin(np.arange(16000) * 2 * np.pi * 220 / 16000) * 3000 + rng.normal(0, 50, 16000)).astype(np.int16)
+    for packet in to_opus_packets(np.concatenate([silence(300), hum, silence(1200)])):
+        await device.send_audio(packet)
+    await asyncio.sleep(1.5)
+    for packet in to_opus_packets(np.concatenate([spoken_pcm16k("what time is it"), silence(1200)])):
+        await device.send_audio(packet)
+    reply = await device.until_tts_stop(timeout=60)
+    assert [m["text"].lower().strip(" ?.") for m in reply.of_type("stt")] == ["what time is it"]
+    await device.close()
