@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -141,7 +142,12 @@ async def _converse(conn: DeviceConnection, reply: Reply) -> None:
 async def _run_tools(conn: DeviceConnection, said: str, calls: list[ToolCall]) -> None:
     ctx = conn.ctx
     wire_calls = [
-        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _json(c.arguments)}} for c in calls
+        {
+            "id": c.id,
+            "type": "function",
+            "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)},
+        }
+        for c in calls
     ]
     _store_message(conn, "assistant", said, tool_calls=wire_calls)
     conn.history.append(ChatMessage("assistant", said, tool_calls=calls))
@@ -195,9 +201,3 @@ def _store_reply(conn: DeviceConnection, reply: Reply) -> None:
 
 def _cjk(parts: list[str]) -> bool:
     return any("\u4e00" <= ch <= "\u9fff" for part in parts for ch in part)
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value, ensure_ascii=False)
