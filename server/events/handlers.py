@@ -34,7 +34,7 @@ class StorageHandlers:
 
     async def add_messages(self, messages: Sequence[NewMessage]) -> None:
         if self.store is not None:
-            await self.store.add_messages(messages)
+            await self.store.add_messages(messages, validated=True)  # the bus validated them at publish
         if self.memory is not None and self.memory.keeps_own_copy:
             await self.memory.add_new_messages(messages)
 

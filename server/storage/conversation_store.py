@@ -57,23 +57,26 @@ SELECT session_id, last_seq FROM conversation_sessions
 WHERE session_id = ANY($1::text[]) ORDER BY session_id FOR UPDATE
 """
 _INSERT_MESSAGES = """
-INSERT INTO conversation_messages (session_id, device_id, message_id, sequence_num, role, content,
-                                   multi_content, tool_calls, tool_call_id, metadata, created_at)
-SELECT s, d, m, q, r, c, mc::jsonb, tc::jsonb, tci, coalesce(md::jsonb, '{}'::jsonb), coalesce(ca, now())
-FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[],
-            $9::text[], $10::text[], $11::timestamptz[]) AS v(s, d, m, q, r, c, mc, tc, tci, md, ca)
-ON CONFLICT (message_id) DO NOTHING
-RETURNING session_id, message_id, sequence_num, created_at, tool_calls IS NOT NULL AS has_tools
-"""
-_BUMP_SESSIONS = """
+WITH ins AS (
+    INSERT INTO conversation_messages (session_id, device_id, message_id, sequence_num, role, content,
+                                       multi_content, tool_calls, tool_call_id, metadata, created_at)
+    SELECT s, d, m, q, r, c, mc::jsonb, tc::jsonb, tci, coalesce(md::jsonb, '{}'::jsonb), coalesce(ca, now())
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[],
+                $9::text[], $10::text[], $11::timestamptz[]) AS v(s, d, m, q, r, c, mc, tc, tci, md, ca)
+    ON CONFLICT (message_id) DO NOTHING
+    RETURNING session_id, sequence_num, created_at, tool_calls IS NOT NULL AS has_tools
+), agg AS (
+    SELECT session_id, max(sequence_num) AS last_seq, count(*) AS n,
+           count(*) FILTER (WHERE has_tools) AS tools, max(created_at) AS last_at
+    FROM ins GROUP BY session_id
+)
 UPDATE conversation_sessions AS s
-SET last_seq = greatest(s.last_seq, v.last_seq),
-    message_count = s.message_count + v.n,
-    tool_call_count = s.tool_call_count + v.tools,
-    last_message_at = greatest(s.last_message_at, v.last_at),
+SET last_seq = greatest(s.last_seq, a.last_seq),
+    message_count = s.message_count + a.n,
+    tool_call_count = s.tool_call_count + a.tools,
+    last_message_at = greatest(s.last_message_at, a.last_at),
     updated_at = now()
-FROM unnest($1::text[], $2::int8[], $3::int4[], $4::int4[], $5::timestamptz[]) AS v(sid, last_seq, n, tools, last_at)
-WHERE s.session_id = v.sid
+FROM agg AS a WHERE s.session_id = a.session_id
 """
 
 
@@ -203,12 +206,16 @@ class ConversationStore:
     async def add_message(self, message: NewMessage) -> AddResult:
         return (await self.add_messages([message]))[0]
 
-    async def add_messages(self, messages: Sequence[NewMessage]) -> list[AddResult]:
-        """Store messages in the given order (per session), atomically; results in input order."""
+    async def add_messages(self, messages: Sequence[NewMessage], *, validated: bool = False) -> list[AddResult]:
+        """Store messages in the given order (per session), atomically; results in input order.
+
+        ``validated``: the caller (the event bus) already ran ``NewMessage.validate`` on each.
+        """
         if not messages:
             return []
-        for msg in messages:
-            msg.validate()
+        if not validated:
+            for msg in messages:
+                msg.validate()
         async with self.pool.acquire() as conn, conn.transaction():
             return await self._add_messages(conn, messages)
 
@@ -244,7 +251,8 @@ class ConversationStore:
             fresh.append(msg)
             seqs.append(last_seq[msg.session_id])
         if fresh:
-            inserted = await conn.fetch(
+            # One statement inserts the rows and moves the session counters (last_seq, counts, last time).
+            await conn.execute(
                 _INSERT_MESSAGES,
                 [m.session_id for m in fresh],
                 [m.device_id for m in fresh],
@@ -258,7 +266,6 @@ class ConversationStore:
                 [_json(m.metadata) for m in fresh],
                 [m.created_at for m in fresh],
             )
-            await self._bump_sessions(conn, inserted)
         results = []
         for msg in messages:
             if msg.message_id in existing:
@@ -268,25 +275,6 @@ class ConversationStore:
                 session_id, seq, stored = planned[msg.message_id]
                 results.append(AddResult(msg.message_id, session_id, seq, created=stored is msg))
         return results
-
-    @staticmethod
-    async def _bump_sessions(conn: asyncpg.Connection, inserted: list[asyncpg.Record]) -> None:
-        stats: dict[str, list[Any]] = {}
-        for row in inserted:
-            entry = stats.setdefault(row["session_id"], [0, 0, 0, row["created_at"]])
-            entry[0] = max(entry[0], row["sequence_num"])
-            entry[1] += 1
-            entry[2] += 1 if row["has_tools"] else 0
-            entry[3] = max(entry[3], row["created_at"])
-        keys = sorted(stats)
-        await conn.execute(
-            _BUMP_SESSIONS,
-            keys,
-            [stats[k][0] for k in keys],
-            [stats[k][1] for k in keys],
-            [stats[k][2] for k in keys],
-            [stats[k][3] for k in keys],
-        )
 
     async def last_messages(self, session_id: str, n: int, *, context_only: bool = True) -> list[StoredMessage]:
         """The last ``n`` messages of a session, oldest → newest. ``context_only`` skips what a reset forgot."""
