@@ -121,6 +121,9 @@ class AuthSettings(_Section):
     max_age_s: int = Field(30 * 86400, ge=60)
 
 
+DEFAULT_WAKEUP_WORDS = ("你好小智", "你好小志", "小智", "hi xiaozhi", "hey xiaozhi")
+
+
 class ServerSettings(_Section):
     """The device server (protocol.md §1, §2)."""
 
@@ -138,6 +141,8 @@ class ServerSettings(_Section):
     max_frame_bytes: int = Field(64 * 1024, ge=1024)
     vad_min_silence_ms: int = Field(700, ge=100, le=5000)
     vad_tick_ms: int = Field(30, ge=5, le=200)
+    wakeup_words: list[str] = Field(default_factory=lambda: list(DEFAULT_WAKEUP_WORDS))
+    enable_greeting: bool = True  # a wake word gets a spoken greeting; off: just stt + tts stop
     system_prompt: str = "你是小智，一个友好、简洁的语音助手。Answer in the user's language, briefly."
     live_token: SecretStr = SecretStr("")  # remote consoles must present it on /xiaozhi/live
 

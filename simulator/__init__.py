@@ -20,7 +20,7 @@ from simulator.events import (
     TurnFinished,
 )
 from simulator.identity import DeviceIdentity, load_identity
-from simulator.inputs import FileSource, PcmSource, SilenceSource, speak, speak_file
+from simulator.inputs import FileSource, PcmSource, SilenceSource, UplinkEncoder, speak, speak_file
 from simulator.mcp_tools import DeviceMcpServer, DeviceState
 from simulator.ota import Activation, OtaResult, activate, check_ota
 from simulator.playback import PlaybackQueue, PlaybackStats
@@ -57,6 +57,7 @@ __all__ = [
     "TtsState",
     "TurnFinished",
     "TurnReport",
+    "UplinkEncoder",
     "activate",
     "check_ota",
     "load_identity",

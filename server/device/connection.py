@@ -66,7 +66,7 @@ class Utterance:
     text: str | None = None
     packets: list[bytes] = field(default_factory=list)
     pcm: np.ndarray | None = None
-    source: Literal["voice", "text"] = "voice"
+    source: Literal["voice", "text", "wake_word"] = "voice"
 
 
 class DeviceConnection:
@@ -91,6 +91,7 @@ class DeviceConnection:
         self._decoder = OpusDecoder(UPLINK_RATE)
         self._vad = ctx.vad.open(VadConfig(min_silence_ms=settings.vad_min_silence_ms))
         self._samples = 0
+        self._vad_reported = 0  # VAD position whose events have been delivered to on_vad
         self._chunks: deque[UplinkChunk] = deque()
         self._in_speech = False
         self._speech_start = 0
@@ -171,12 +172,15 @@ class DeviceConnection:
             return None
         return hello
 
+    def _hello(self) -> dict[str, Any]:
+        return messages.server_hello(self.session_id, self.downlink_rate, self.frame_ms, version=self.version)
+
     async def _open_session(self, hello: messages.Hello) -> None:
         if hello.version in framing.SUPPORTED_VERSIONS and hello.version != self.version:
             log.info("device %s: hello version %d overrides header %d", self.device_id, hello.version, self.version)
             self.version = hello.version
         self.uplink_frame_ms = hello.audio_params.frame_duration
-        await self.send_json(messages.server_hello(self.session_id, self.downlink_rate, self.frame_ms))
+        await self.send_json(self._hello())
         self.ctx.connections[self.session_id] = self
         self.ctx.by_vad_stream[self._vad.id] = self
         metadata = {
@@ -267,7 +271,7 @@ class DeviceConnection:
                 self._finish_manual_utterance()
             case messages.Listen(state="detect", text=text_input):
                 if text_input and text_input.strip():
-                    self.start_turn(Utterance(text=text_input.strip(), source="text"))
+                    await self._on_detect(text_input.strip())
             case messages.Abort():
                 await self.abort()
             case messages.Mcp(payload=payload):
@@ -277,9 +281,19 @@ class DeviceConnection:
             case messages.Goodbye():
                 await self.ws.close(1000, "goodbye")
             case messages.Hello():
-                await self.send_json(messages.server_hello(self.session_id, self.downlink_rate, self.frame_ms))
+                await self.send_json(self._hello())
             case _:
                 pass  # legacy iot messages: accepted, nothing to do
+
+    async def _on_detect(self, text: str) -> None:
+        """A wake word, or typed text (web test pages send chat text this way)."""
+        is_wake_word = text.casefold().strip(" ,.!?，。！？") in self.ctx.wakeup_words
+        if is_wake_word and not self.ctx.settings.enable_greeting:
+            # Like the reference with greetings off: acknowledge, and let the device listen.
+            await self.send_json(messages.stt(self.session_id, text))
+            await self.send_json(messages.tts_stop(self.session_id))
+            return
+        self.start_turn(Utterance(text=text, source="wake_word" if is_wake_word else "text"))
 
     async def _on_binary(self, data: bytes) -> None:
         self.stats["frames_in"] += 1
@@ -305,8 +319,7 @@ class DeviceConnection:
             return
         self._chunks.append(UplinkChunk(self._samples, packet, pcm))
         self._samples += len(pcm)
-        if self.listen_mode != "manual":
-            self._vad.push(pcm)
+        self._vad.push(pcm)  # in every mode, so VAD offsets and buffer offsets stay one scale
         self._trim_chunks()
         now = time.monotonic()
         if now - self._last_level >= LEVEL_EVERY_S:
@@ -318,20 +331,32 @@ class DeviceConnection:
         if self._in_speech or self.listen_mode == "manual":
             keep_from = self._samples - int(MAX_UTTERANCE_S * UPLINK_RATE)
         else:
-            # Keep the pre-roll before what the VAD has already judged; audio it has not looked at yet
-            # (it lags by a tick, more under load or with a device sending faster than real time) stays.
-            keep_from = min(self._samples, self._vad.evaluated_samples) - int(PREROLL_S * UPLINK_RATE)
+            # Keep the pre-roll before what the VAD has judged *and reported*; audio it has not looked at
+            # yet (it lags by a tick, more under load or with a device sending faster than real time) stays.
+            keep_from = min(self._samples, self._vad_reported) - int(PREROLL_S * UPLINK_RATE)
         while self._chunks and self._chunks[0].offset + len(self._chunks[0].pcm) < keep_from:
             self._chunks.popleft()
 
     def _start_listening(self) -> None:
         self.listening = True
+        # A fresh utterance scale: the VAD forgets a segment a push-to-talk `listen stop` cut short, and the
+        # buffer offsets restart with it.
+        self._vad.reset()
+        self._samples = 0
+        self._vad_reported = 0
         self._chunks.clear()
         self._in_speech = False
         if self.state != "speaking":
             self.set_state("listening")
 
+    def vad_progress(self) -> None:
+        """Called after each VAD run, once its events (if any) were delivered."""
+        if not self._vad.reset_pending:
+            self._vad_reported = self._vad.evaluated_samples
+
     def on_vad(self, events: list[VadEvent]) -> None:
+        if self.listen_mode == "manual":
+            return  # push-to-talk: the device's `listen stop` ends the utterance, not silence
         for event in events:
             log.debug("device %s: %s", self.device_id, event)
             if event.kind == "speech_start":

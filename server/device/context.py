@@ -35,7 +35,11 @@ class ServerContext:
     context_messages: int = 20
     server_name: str = ""
     connections: dict[str, DeviceConnection] = field(default_factory=dict)
+    wakeup_words: frozenset[str] = frozenset()
     by_vad_stream: dict[int, DeviceConnection] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.wakeup_words = frozenset(w.casefold() for w in self.settings.wakeup_words)
 
     def publish(self, event: Event) -> None:
         """Hand an event to storage; never raises into the device path."""

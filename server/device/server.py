@@ -55,6 +55,7 @@ class DeviceServer:
         self._ws: Server | None = None
         self._ota: OtaApp | None = None
         self._vad_task: asyncio.Task[None] | None = None
+        self._warmup: asyncio.Task[None] | None = None
         self._infos: dict[int, ConnectionInfo] = {}
         self._live_filters: dict[int, str | None] = {}
         self._relay: PgLiveRelay | None = None
@@ -89,10 +90,20 @@ class DeviceServer:
         self._ota = OtaApp(cfg, self.websocket_url, self.health)
         await self._ota.start(cfg.host, cfg.http_port)
         self._vad_task = asyncio.create_task(self._vad_loop(), name="vad")
+        self._warmup = asyncio.create_task(self._warm_up(providers), name="warm-up")
         if self.runtime is not None:
             self._relay = PgLiveRelay(self.runtime.settings.database, self.live)
             await self._relay.start()
         log.info("device server: %s (OTA %s)", self.websocket_url(), self.ota_url())
+
+    async def _warm_up(self, providers: PipelineProviders) -> None:
+        """Load models now, so the first device does not wait for them (whisper: ~0.5 s, more on a busy box)."""
+        load = getattr(providers.asr, "load", None)
+        if load is not None:
+            try:
+                await load()
+            except Exception as exc:
+                log.warning("speech recognition model not loaded at start: %s", exc)
 
     async def stop(self) -> None:
         if self._relay is not None:
@@ -102,6 +113,8 @@ class DeviceServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._ws.wait_closed(), 10)
             self._ws = None
+        if self._warmup is not None:
+            self._warmup.cancel()
         if self._vad_task is not None:
             self._vad_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -218,6 +231,8 @@ class DeviceServer:
                 conn = self.ctx.by_vad_stream.get(stream_id)
                 if conn is not None:
                     conn.on_vad(events)
+            for conn in self.ctx.by_vad_stream.values():
+                conn.vad_progress()
 
 
 def _pipeline_root(settings: Settings) -> dict[str, Any]:

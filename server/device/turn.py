@@ -55,7 +55,7 @@ async def run_turn(conn: DeviceConnection, utterance: Utterance) -> None:
         text = await _user_text(conn, utterance)
         log.debug("device %s: heard %r", conn.device_id, text)
         if not text:
-            _resume_listening(conn)  # nothing was understood: the device is still listening, so are we
+            _resume_listening(conn, utterance)  # nothing was understood: the device still listens, so do we
             return
         user_id = uuid.uuid4().hex
         await conn.send_json(messages.stt(conn.session_id, text))
@@ -84,13 +84,14 @@ async def run_turn(conn: DeviceConnection, utterance: Utterance) -> None:
         await conn.alert(f"sorry, something went wrong: {exc}")
         with contextlib.suppress(ConnectionClosed):
             await conn.send_json(messages.tts_stop(conn.session_id))
-        _resume_listening(conn)
+        _resume_listening(conn, utterance)
     finally:
         _store_reply(conn, reply)
 
 
-def _resume_listening(conn: DeviceConnection) -> None:
-    conn.listening = conn.listen_mode != "manual"
+def _resume_listening(conn: DeviceConnection, utterance: Utterance) -> None:
+    if utterance.source == "voice":  # a typed turn does not change whether the device's mic is open
+        conn.listening = conn.listen_mode != "manual"
     conn.set_state("listening" if conn.listening else "idle")
 
 

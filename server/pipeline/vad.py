@@ -294,6 +294,11 @@ class BatchedVadStream:
         return self._track.last_probabilities
 
     @property
+    def reset_pending(self) -> bool:
+        """A ``reset`` waits for the next ``run``; until then ``evaluated_samples`` is the old stream's."""
+        return self._reset_requested
+
+    @property
     def evaluated_samples(self) -> int:
         """How far the model has looked: audio before this offset has produced all its events."""
         return self._track.windows * WINDOW_SAMPLES

@@ -212,7 +212,8 @@ def _parse_params(payload: dict[str, Any]) -> dict[str, Any] | list[Any] | None:
 def _parse_rpc_error(value: object) -> McpRpcError:
     if not isinstance(value, dict):
         raise McpError(f"error must be an object, got {_show(value)}")
-    code, message = value.get("code"), value.get("message")
+    code, message = value.get("code", INTERNAL_ERROR), value.get("message")
+    # The firmware's McpServer::ReplyError sends {"message": …} without a code: still an error answer.
     if not _is_int(code):
         raise McpError(f"error.code must be an integer, got {_show(code)}")
     if not isinstance(message, str):

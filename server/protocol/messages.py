@@ -346,6 +346,7 @@ def server_hello(
     session_id: str,
     sample_rate: int = DEFAULT_DOWNLINK_SAMPLE_RATE,
     frame_duration: int = DEFAULT_DOWNLINK_FRAME_DURATION,
+    version: int = 1,
 ) -> dict[str, Any]:
     """Server hello describing the *downlink* (TTS) audio; the firmware reads only rate and duration.
 
@@ -358,7 +359,7 @@ def server_hello(
         raise ValueError(f"frame_duration {frame_duration!r} is not one of {FRAME_DURATIONS_MS}")
     return {
         "type": "hello",
-        "version": 1,
+        "version": version,
         # The firmware ignores a hello whose transport is not exactly "websocket".
         "transport": "websocket",
         "session_id": session_id,

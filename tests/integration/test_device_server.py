@@ -356,3 +356,19 @@ async def test_audio_sent_faster_than_real_time_loses_no_speech_and_a_hum_is_not
     reply = await device.until_tts_stop(timeout=60)
     assert [m["text"].lower().strip(" ?.") for m in reply.of_type("stt")] == ["what time is it"]
     await device.close()
+
+
+async def test_wake_word_with_greetings_off_is_acknowledged_without_a_turn(runtime: StorageRuntime) -> None:
+    srv = DeviceServer(server_settings(runtime, enable_greeting=False), runtime=runtime)
+    await srv.start()
+    try:
+        device = await ScriptedDevice.connect(srv.websocket_url(), version=3)
+        hello = await device.hello()
+        assert hello["version"] == 3
+        reply = await device.say("你好小智")
+        assert reply.of_type("stt")[0]["text"] == "你好小智" and not reply.audio and not reply.of_type("tts", "start")
+        answered = await device.say("hello")
+        assert answered.audio, "ordinary text still gets a spoken answer"
+        await device.close()
+    finally:
+        await srv.stop()

@@ -185,7 +185,7 @@ def test_parse_request_for_the_simulator() -> None:
         ),
         ({"jsonrpc": "2.0", "id": None, "result": {}}, "a successful response needs a non-null id"),
         ({"jsonrpc": "2.0", "id": 1, "error": "boom"}, "error must be an object, got 'boom'"),
-        ({"jsonrpc": "2.0", "id": 1, "error": {"message": "m"}}, "error.code must be an integer, got None"),
+        ({"jsonrpc": "2.0", "id": 1, "error": {"code": "x", "message": "m"}}, "error.code must be an integer, got 'x'"),
         ({"jsonrpc": "2.0", "id": 1, "error": {"code": "1", "message": "m"}}, "error.code must be an integer, got '1'"),
         (
             {"jsonrpc": "2.0", "id": 1, "error": {"code": True, "message": "m"}},
@@ -400,3 +400,11 @@ def test_fuzz_tool_descriptors(tools: list[dict[str, Any]]) -> None:
     except McpError:
         return
     assert all(tool.name and isinstance(tool.input_schema, dict) for tool in page.tools)
+
+
+def test_firmware_error_without_a_code_is_still_an_error_answer() -> None:
+    # McpServer::ReplyError in the firmware sends only a message.
+    response = parse_mcp_payload({"jsonrpc": "2.0", "id": 7, "error": {"message": "codec not ready"}})
+    assert isinstance(response, McpResponse) and not response.ok
+    assert response.error is not None and response.error.message == "codec not ready"
+    assert response.error.code == -32603
