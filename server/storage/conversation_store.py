@@ -64,19 +64,22 @@ WITH ins AS (
     FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[],
                 $9::text[], $10::text[], $11::timestamptz[]) AS v(s, d, m, q, r, c, mc, tc, tci, md, ca)
     ON CONFLICT (message_id) DO NOTHING
-    RETURNING session_id, sequence_num, created_at, tool_calls IS NOT NULL AS has_tools
+    RETURNING message_id, session_id, sequence_num, created_at, tool_calls IS NOT NULL AS has_tools
 ), agg AS (
     SELECT session_id, max(sequence_num) AS last_seq, count(*) AS n,
            count(*) FILTER (WHERE has_tools) AS tools, max(created_at) AS last_at
     FROM ins GROUP BY session_id
+), bump AS (
+    UPDATE conversation_sessions AS s
+    SET last_seq = greatest(s.last_seq, a.last_seq),
+        message_count = s.message_count + a.n,
+        tool_call_count = s.tool_call_count + a.tools,
+        last_message_at = greatest(s.last_message_at, a.last_at),
+        updated_at = now()
+    FROM agg AS a WHERE s.session_id = a.session_id
+    RETURNING 1
 )
-UPDATE conversation_sessions AS s
-SET last_seq = greatest(s.last_seq, a.last_seq),
-    message_count = s.message_count + a.n,
-    tool_call_count = s.tool_call_count + a.tools,
-    last_message_at = greatest(s.last_message_at, a.last_at),
-    updated_at = now()
-FROM agg AS a WHERE s.session_id = a.session_id
+SELECT message_id FROM ins
 """
 
 
@@ -232,27 +235,22 @@ class ConversationStore:
             [first[s].created_at for s in sessions],
         )
         last_seq = {r["session_id"]: r["last_seq"] for r in await conn.fetch(_LOCK_SESSIONS, sessions)}
-        existing = {
-            r["message_id"]: r
-            for r in await conn.fetch(
-                "SELECT message_id, session_id, sequence_num FROM conversation_messages "
-                "WHERE message_id = ANY($1::text[])",
-                [m.message_id for m in messages],
-            )
-        }
+        # Plan every message; ids already stored are found by the INSERT's ON CONFLICT rather than by a
+        # look-up first (re-sends are rare; a re-sent message only leaves a gap in the sequence numbers).
         fresh: list[NewMessage] = []
         seqs: list[int] = []
         planned: dict[str, tuple[str, int, NewMessage]] = {}
         for msg in messages:
-            if msg.message_id in existing or msg.message_id in planned:
+            if msg.message_id in planned:
                 continue
             last_seq[msg.session_id] += 1
             planned[msg.message_id] = (msg.session_id, last_seq[msg.session_id], msg)
             fresh.append(msg)
             seqs.append(last_seq[msg.session_id])
-        if fresh:
-            # One statement inserts the rows and moves the session counters (last_seq, counts, last time).
-            await conn.execute(
+        # One statement inserts the rows and moves the session counters (last_seq, counts, last time).
+        inserted = {
+            r["message_id"]
+            for r in await conn.fetch(
                 _INSERT_MESSAGES,
                 [m.session_id for m in fresh],
                 [m.device_id for m in fresh],
@@ -266,11 +264,20 @@ class ConversationStore:
                 [_json(m.metadata) for m in fresh],
                 [m.created_at for m in fresh],
             )
+        }
+        existing = {}
+        if len(inserted) < len(fresh):
+            rows = await conn.fetch(
+                "SELECT message_id, session_id, sequence_num FROM conversation_messages "
+                "WHERE message_id = ANY($1::text[])",
+                [m.message_id for m in fresh if m.message_id not in inserted],
+            )
+            existing = {r["message_id"]: (r["session_id"], r["sequence_num"]) for r in rows}
         results = []
         for msg in messages:
             if msg.message_id in existing:
-                row = existing[msg.message_id]
-                results.append(AddResult(msg.message_id, row["session_id"], row["sequence_num"], False))
+                session_id, seq = existing[msg.message_id]
+                results.append(AddResult(msg.message_id, session_id, seq, False))
             else:
                 session_id, seq, stored = planned[msg.message_id]
                 results.append(AddResult(msg.message_id, session_id, seq, created=stored is msg))
