@@ -30,6 +30,21 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from server.audio.decoder import InvalidOpusPacket, OpusDecoder
 from server.protocol import framing
 from server.protocol.messages import LISTEN_MODES, ListenMode
+from server.protocol.server_messages import (
+    QUIET_TYPES,
+    ServerAlert,
+    ServerGoodbye,
+    ServerHello,
+    ServerLlm,
+    ServerMcp,
+    ServerMessage,
+    ServerMessageError,
+    ServerOther,
+    ServerStt,
+    ServerSystem,
+    ServerTts,
+    parse_server_message,
+)
 from simulator.errors import SimulatorError
 from simulator.events import (
     Alert,
@@ -54,21 +69,6 @@ from simulator.mcp_tools import DeviceMcpServer, DeviceState
 from simulator.ota import DEFAULT_APP_VERSION, DEFAULT_BOARD, OtaResult, check_ota
 from simulator.playback import MAX_QUEUED_FRAMES, PlaybackQueue, PlaybackStats
 from simulator.recorder import ConversationRecorder
-from simulator.server_messages import (
-    QUIET_TYPES,
-    ServerAlert,
-    ServerGoodbye,
-    ServerHello,
-    ServerLlm,
-    ServerMcp,
-    ServerMessage,
-    ServerMessageError,
-    ServerOther,
-    ServerStt,
-    ServerSystem,
-    ServerTts,
-    parse_server_message,
-)
 from simulator.turns import TurnBuilder, TurnEnd, TurnReport
 
 __all__ = ["ConnectionStats", "DeviceClient"]

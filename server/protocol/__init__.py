@@ -5,6 +5,7 @@ simulator both build on these modules:
 
 * :mod:`.framing`  — binary WebSocket frames, protocol versions 1/2/3
 * :mod:`.messages` — JSON text frames: device → server parsing, server → device builders
+* :mod:`.server_messages` — server → device parsing (what a device or the simulator reads)
 * :mod:`.mcp`      — JSON-RPC 2.0 / MCP payloads carried in ``mcp`` messages
 * :mod:`.auth`     — HMAC device tokens (Python reference server format)
 * :mod:`.headers`  — connection identity from handshake headers / query parameters
