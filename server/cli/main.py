@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING
 
 from server.config import ConfigError, Settings, load_settings, redacted
 from server.runtime import StorageRuntime
@@ -18,6 +19,9 @@ from server.storage import schema
 from server.storage.errors import StorageError
 from server.storage.models import SessionFilter
 from server.storage.retention import RetentionJob
+
+if TYPE_CHECKING:
+    from server.device.server import DeviceServer
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
@@ -238,24 +242,39 @@ async def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
+async def _serve_devices(settings: Settings, rt: StorageRuntime, *, any_port: bool = False) -> DeviceServer:
+    """Start the device server and say where devices connect. ``any_port``: the demo must not fail
+    just because something else already listens on 8000/8003 — it takes free ports instead."""
     from server.device.server import DeviceServer
 
-    overrides = {
-        k: v for k, v in (("host", args.host), ("port", args.port), ("http_port", args.http_port)) if v is not None
-    }
+    server = DeviceServer(settings, runtime=rt)
+    try:
+        await server.start()
+    except OSError as exc:
+        if not any_port:
+            ports = f"{settings.server.port}/{settings.server.http_port}"
+            raise ServiceStartError("device server", f"cannot listen on ports {ports}: {exc}") from None
+        await server.stop()
+        settings.server = settings.server.model_copy(update={"port": 0, "http_port": 0})
+        server = DeviceServer(settings, runtime=rt)
+        await server.start()
+    print(f"devices connect to: {server.websocket_url()}")
+    print(f"OTA URL for the firmware: {server.ota_url()}")
+    sys.stdout.flush()
+    return server
+
+
+async def cmd_server(args: argparse.Namespace, settings: Settings) -> int:
+    flags = {"host": args.host, "port": args.port, "http_port": args.http_port}
+    overrides = {k: v for k, v in flags.items() if v is not None}
     if overrides:
         settings.server = settings.server.model_copy(update=overrides)
 
     async def run(rt: StorageRuntime) -> int:
-        server = DeviceServer(settings, runtime=rt)
-        await server.start()
+        for line in rt.describe():
+            print(line)
+        server = await _serve_devices(settings, rt)
         try:
-            for line in rt.describe():
-                print(line)
-            print(f"devices connect to: {server.websocket_url()}")
-            print(f"OTA URL for the firmware: {server.ota_url()}")
-            sys.stdout.flush()
             await asyncio.Event().wait()
         finally:
             await server.stop()
@@ -272,9 +291,15 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             print(line)
         for line in await store_demo_conversation(rt):
             print(line)
-        if not args.exit:
-            print("storage is running; press Ctrl+C to stop")
+        if args.exit:
+            return 0
+        server = await _serve_devices(settings, rt, any_port=True)
+        try:
+            print("storage and the device server are running; press Ctrl+C to stop")
+            sys.stdout.flush()
             await asyncio.Event().wait()
+        finally:
+            await server.stop()
         return 0
 
     return await _with_runtime(settings, run, retention=True)

@@ -13,6 +13,7 @@ from server.config import DatabaseSettings
 from server.storage.conversation_store import ConversationStore
 from server.storage.models import NewMessage
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.support.device import ScriptedDevice
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -139,8 +140,8 @@ async def test_demo_runs_on_embedded_services_with_zero_configuration(tmp_path: 
     assert "play the first recording" in result.stdout and ".opus?" in result.stdout
 
 
-async def test_sigterm_stops_embedded_services_cleanly(tmp_path: Path) -> None:
-    """`make run` stopped by its service manager: the bus drains and both embedded servers shut down."""
+async def test_make_run_serves_devices_and_sigterm_stops_everything_cleanly(tmp_path: Path) -> None:
+    """`make run`: a device talks to it at the printed URL; SIGTERM drains the bus, stops both embedded servers."""
     data = tmp_path / "data"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -159,8 +160,15 @@ async def test_sigterm_stops_embedded_services_cleanly(tmp_path: Path) -> None:
     assert proc.stdout is not None
     try:
         async with asyncio.timeout(90):
-            while b"storage is running" not in (line := await proc.stdout.readline()):
+            printed = []
+            while b"press Ctrl+C to stop" not in (line := await proc.stdout.readline()):
                 assert line, "demo exited early: " + (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+                printed.append(line.decode())
+        ws_url = next(x.split(": ", 1)[1].strip() for x in printed if x.startswith("devices connect to:"))
+        device = await ScriptedDevice.connect(ws_url)
+        await device.hello()
+        assert (await device.say("hello")).audio, "a device can talk to the demo right away"
+        await device.close()
         pids = [p for p in (data / "services").rglob("postmaster.pid")]
         assert pids, "embedded PostgreSQL was running"
         proc.terminate()
