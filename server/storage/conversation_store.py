@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
@@ -52,34 +52,34 @@ INSERT INTO conversation_sessions (session_id, device_id, agent_id, started_at)
 SELECT s, d, a, coalesce(t, now()) FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS v(s, d, a, t)
 ON CONFLICT (session_id) DO NOTHING
 """
-_LOCK_SESSIONS = """
-SELECT session_id, last_seq FROM conversation_sessions
-WHERE session_id = ANY($1::text[]) ORDER BY session_id FOR UPDATE
+# Takes each session's row lock (in session_id order, so concurrent writers cannot deadlock) and hands out
+# its sequence numbers and counters in the same statement: one new row version per session per batch.
+_ALLOCATE = """
+UPDATE conversation_sessions AS s
+SET last_seq = s.last_seq + v.n,
+    message_count = s.message_count + v.n,
+    tool_call_count = s.tool_call_count + v.tools,
+    last_message_at = greatest(s.last_message_at, v.last_at),
+    updated_at = now()
+FROM (SELECT * FROM unnest($1::text[], $2::int4[], $3::int4[], $4::timestamptz[]) AS u(sid, n, tools, last_at)
+      ORDER BY sid) AS v
+WHERE s.session_id = v.sid
+RETURNING s.session_id, s.last_seq
 """
 _INSERT_MESSAGES = """
-WITH ins AS (
-    INSERT INTO conversation_messages (session_id, device_id, message_id, sequence_num, role, content,
-                                       multi_content, tool_calls, tool_call_id, metadata, created_at)
-    SELECT s, d, m, q, r, c, mc::jsonb, tc::jsonb, tci, coalesce(md::jsonb, '{}'::jsonb), coalesce(ca, now())
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[],
-                $9::text[], $10::text[], $11::timestamptz[]) AS v(s, d, m, q, r, c, mc, tc, tci, md, ca)
-    ON CONFLICT (message_id) DO NOTHING
-    RETURNING message_id, session_id, sequence_num, created_at, tool_calls IS NOT NULL AS has_tools
-), agg AS (
-    SELECT session_id, max(sequence_num) AS last_seq, count(*) AS n,
-           count(*) FILTER (WHERE has_tools) AS tools, max(created_at) AS last_at
-    FROM ins GROUP BY session_id
-), bump AS (
-    UPDATE conversation_sessions AS s
-    SET last_seq = greatest(s.last_seq, a.last_seq),
-        message_count = s.message_count + a.n,
-        tool_call_count = s.tool_call_count + a.tools,
-        last_message_at = greatest(s.last_message_at, a.last_at),
-        updated_at = now()
-    FROM agg AS a WHERE s.session_id = a.session_id
-    RETURNING 1
-)
-SELECT message_id FROM ins
+INSERT INTO conversation_messages (session_id, device_id, message_id, sequence_num, role, content,
+                                   multi_content, tool_calls, tool_call_id, metadata, created_at)
+SELECT s, d, m, q, r, c, mc::jsonb, tc::jsonb, tci, coalesce(md::jsonb, '{}'::jsonb), coalesce(ca, $12)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[],
+            $9::text[], $10::text[], $11::timestamptz[]) AS v(s, d, m, q, r, c, mc, tc, tci, md, ca)
+ON CONFLICT (message_id) DO NOTHING
+RETURNING message_id
+"""
+# A re-sent message (already stored) was counted by _ALLOCATE; take it back out.
+_UNCOUNT = """
+UPDATE conversation_sessions AS s
+SET message_count = s.message_count - v.n, tool_call_count = s.tool_call_count - v.tools
+FROM unnest($1::text[], $2::int4[], $3::int4[]) AS v(sid, n, tools) WHERE s.session_id = v.sid
 """
 
 
@@ -234,20 +234,36 @@ class ConversationStore:
             [first[s].agent_id for s in sessions],
             [first[s].created_at for s in sessions],
         )
-        last_seq = {r["session_id"]: r["last_seq"] for r in await conn.fetch(_LOCK_SESSIONS, sessions)}
         # Plan every message; ids already stored are found by the INSERT's ON CONFLICT rather than by a
         # look-up first (re-sends are rare; a re-sent message only leaves a gap in the sequence numbers).
         fresh: list[NewMessage] = []
-        seqs: list[int] = []
-        planned: dict[str, tuple[str, int, NewMessage]] = {}
+        planned: dict[str, NewMessage] = {}
+        stats: dict[str, list[Any]] = {s: [0, 0, None] for s in sessions}
+        now = datetime.now(UTC)
         for msg in messages:
             if msg.message_id in planned:
                 continue
-            last_seq[msg.session_id] += 1
-            planned[msg.message_id] = (msg.session_id, last_seq[msg.session_id], msg)
+            planned[msg.message_id] = msg
             fresh.append(msg)
-            seqs.append(last_seq[msg.session_id])
-        # One statement inserts the rows and moves the session counters (last_seq, counts, last time).
+            entry = stats[msg.session_id]
+            entry[0] += 1
+            entry[1] += 1 if msg.tool_calls is not None else 0
+            stamp = msg.created_at or now
+            entry[2] = stamp if entry[2] is None else max(entry[2], stamp)
+        allocated = {
+            r["session_id"]: r["last_seq"]
+            for r in await conn.fetch(
+                _ALLOCATE, sessions, [stats[s][0] for s in sessions], [stats[s][1] for s in sessions],
+                [stats[s][2] for s in sessions],
+            )
+        }  # fmt: skip
+        next_seq = {s: allocated[s] - stats[s][0] for s in sessions}
+        seqs: list[int] = []
+        seq_of: dict[str, int] = {}
+        for msg in fresh:
+            next_seq[msg.session_id] += 1
+            seqs.append(next_seq[msg.session_id])
+            seq_of[msg.message_id] = next_seq[msg.session_id]
         inserted = {
             r["message_id"]
             for r in await conn.fetch(
@@ -263,24 +279,33 @@ class ConversationStore:
                 [m.tool_call_id for m in fresh],
                 [_json(m.metadata) for m in fresh],
                 [m.created_at for m in fresh],
+                now,
             )
         }
         existing = {}
         if len(inserted) < len(fresh):
+            resent = [m for m in fresh if m.message_id not in inserted]
             rows = await conn.fetch(
                 "SELECT message_id, session_id, sequence_num FROM conversation_messages "
                 "WHERE message_id = ANY($1::text[])",
-                [m.message_id for m in fresh if m.message_id not in inserted],
+                [m.message_id for m in resent],
             )
             existing = {r["message_id"]: (r["session_id"], r["sequence_num"]) for r in rows}
+            back: dict[str, list[int]] = {}
+            for m in resent:
+                entry = back.setdefault(m.session_id, [0, 0])
+                entry[0] += 1
+                entry[1] += 1 if m.tool_calls is not None else 0
+            keys = sorted(back)
+            await conn.execute(_UNCOUNT, keys, [back[k][0] for k in keys], [back[k][1] for k in keys])
         results = []
         for msg in messages:
             if msg.message_id in existing:
                 session_id, seq = existing[msg.message_id]
                 results.append(AddResult(msg.message_id, session_id, seq, False))
             else:
-                session_id, seq, stored = planned[msg.message_id]
-                results.append(AddResult(msg.message_id, session_id, seq, created=stored is msg))
+                stored = planned[msg.message_id]
+                results.append(AddResult(msg.message_id, msg.session_id, seq_of[msg.message_id], created=stored is msg))
         return results
 
     async def last_messages(self, session_id: str, n: int, *, context_only: bool = True) -> list[StoredMessage]:

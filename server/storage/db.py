@@ -27,6 +27,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    # Concurrent writers (several servers) may collide; the whole batch is simply retried.
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
 )
 
 
