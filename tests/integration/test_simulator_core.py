@@ -70,7 +70,7 @@ def espeak_wav(path: Path, text: str) -> Path:
     """A real spoken file as a user would pick one: espeak-ng's own 22.05 kHz WAV (so it gets resampled)."""
     espeak = shutil.which("espeak-ng")
     if espeak is None:
-        pytest.skip("espeak-ng is not installed")
+        raise RuntimeError("espeak-ng is not installed: run `make setup` (it installs packaging/system-packages.txt)")
     subprocess.run([espeak, "-v", "en", "-s", "150", "-w", str(path), text], check=True, timeout=30)
     return path
 
