@@ -88,7 +88,6 @@ class EventBus:
         # session → publish number of its oldest event on the spool. An event of such a session that is
         # newer must follow it onto the spool; an older one (queued before a queue overflow) goes first.
         self._spooled_from: dict[str, int] = {}
-        self._published = 0
         self._workers: list[asyncio.Task[None]] = []
         self._current: list[list[_Item]] = [[] for _ in range(shards)]
         self._replayer: asyncio.Task[None] | None = None
@@ -147,8 +146,7 @@ class EventBus:
         """Hand an event to the bus. Never blocks; raises InvalidInput only for data that can never be stored."""
         event.validate()
         self.stats.published += 1
-        self._published += 1
-        item = (self._published, event)
+        item = (self.stats.published, event)  # the publish number orders spooled against queued events
         session = event.session_id
         if self._closed or session in self._spooled_from:
             self._to_spool([item])
