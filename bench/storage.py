@@ -30,7 +30,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -42,7 +41,7 @@ from server.events.handlers import StorageHandlers
 from server.events.types import AddMessage
 from server.storage import schema
 from server.storage.conversation_store import ConversationStore
-from server.storage.db import connect, create_pool
+from server.storage.db import connect, create_pool, execute_each, settings_from_dsn
 from server.storage.models import NewMessage, SessionFilter
 
 DEFAULT_PG = os.environ.get("XIAOZHI_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -169,24 +168,8 @@ class BenchFailure(Exception):
 
 
 def settings_for(admin_dsn: str, database: str, pool_size: int) -> DatabaseSettings:
-    url = urlparse(admin_dsn)
-    return DatabaseSettings(
-        host=url.hostname or "127.0.0.1",
-        port=url.port or 5432,
-        username=url.username or "postgres",
-        password=url.password or "",
-        database=database,
-        pool=PoolSettings(min_idle=pool_size, max_open=pool_size, command_timeout_s=300),
-    )
-
-
-async def admin(dsn: str, *statements: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
+    pool = PoolSettings(min_idle=pool_size, max_open=pool_size, command_timeout_s=300)
+    return settings_from_dsn(admin_dsn, database=database, pool=pool)
 
 
 # ---- ingest through the event bus -------------------------------------------------------------------
@@ -643,7 +626,7 @@ async def run(args: argparse.Namespace) -> None:
         f"planned {data.message_count:,} messages in {len(data.sessions):,} sessions, {len(data.devices):,} devices, "
         f"{len(data.agents)} agents, {(data.end_ts - data.start_ts) / 86400:.0f} days in {time.perf_counter() - t:.1f}s"
     )
-    await admin(args.pg, f'CREATE DATABASE "{name}"')
+    await execute_each(args.pg, f'CREATE DATABASE "{name}"')
     log(f"created database {name}")
     settings = settings_for(args.pg, name, args.pool_size)
     spool = Path(tempfile.mkdtemp(prefix="xz-bench-spool-"))
@@ -692,7 +675,7 @@ async def run(args: argparse.Namespace) -> None:
         if args.keep_db:
             log(f"kept database {name}")
         else:
-            await admin(args.pg, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await execute_each(args.pg, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             log(f"dropped database {name}")
     emit("peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MB")
 

@@ -9,7 +9,6 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import urlparse
 
 import asyncpg
 import pytest
@@ -18,7 +17,7 @@ from server.config import ENV_OVERRIDES, DatabaseSettings, MinioSettings, PoolSe
 from server.storage import schema
 from server.storage.audio_store import AudioStore
 from server.storage.conversation_store import ConversationStore
-from server.storage.db import create_pool
+from server.storage.db import create_pool, execute_each, settings_from_dsn
 
 PG_ADMIN_DSN = os.environ.get("XIAOZHI_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -57,24 +56,7 @@ def pg_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def settings_for(dsn: str, database: str) -> DatabaseSettings:
-    url = urlparse(dsn)
-    return DatabaseSettings(
-        host=url.hostname or "127.0.0.1",
-        port=url.port or 5432,
-        username=url.username or "postgres",
-        password=url.password or "",
-        database=database,
-        pool=PoolSettings(min_idle=1, max_open=20),
-    )
-
-
-async def _admin(dsn: str, *statements: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
+    return settings_from_dsn(dsn, database=database, pool=PoolSettings(min_idle=1, max_open=20))
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +65,7 @@ def pg_template(pg_admin_dsn: str) -> Iterator[str]:
     name = f"xz_tpl_{uuid.uuid4().hex[:12]}"
 
     async def build() -> None:
-        await _admin(pg_admin_dsn, f'CREATE DATABASE "{name}"')
+        await execute_each(pg_admin_dsn, f'CREATE DATABASE "{name}"')
         conn = await asyncpg.connect(pg_admin_dsn.rsplit("/", 1)[0] + f"/{name}")
         try:
             await schema.upgrade(conn)
@@ -92,29 +74,29 @@ def pg_template(pg_admin_dsn: str) -> Iterator[str]:
 
     asyncio.run(build())
     yield name
-    asyncio.run(_admin(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(execute_each(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture
 async def fresh_db(pg_admin_dsn: str) -> AsyncIterator[DatabaseSettings]:
     """An empty database (no schema), dropped after the test."""
     name = f"xz_t_{uuid.uuid4().hex[:12]}"
-    await _admin(pg_admin_dsn, f'CREATE DATABASE "{name}"')
+    await execute_each(pg_admin_dsn, f'CREATE DATABASE "{name}"')
     try:
         yield settings_for(pg_admin_dsn, name)
     finally:
-        await _admin(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await execute_each(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 async def db(pg_admin_dsn: str, pg_template: str) -> AsyncIterator[DatabaseSettings]:
     """A fresh database with the current schema, dropped after the test."""
     name = f"xz_t_{uuid.uuid4().hex[:12]}"
-    await _admin(pg_admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    await execute_each(pg_admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
     try:
         yield settings_for(pg_admin_dsn, name)
     finally:
-        await _admin(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await execute_each(pg_admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

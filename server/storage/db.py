@@ -9,10 +9,11 @@ import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlparse
 
 import asyncpg
 
-from server.config import DatabaseSettings
+from server.config import DatabaseSettings, PoolSettings
 from server.storage.errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -123,3 +124,26 @@ async def connect(settings: DatabaseSettings) -> asyncpg.Connection:
         conn = await asyncpg.connect(**connect_kwargs(settings))
     await _init_connection(conn)
     return conn
+
+
+def settings_from_dsn(dsn: str, *, database: str, pool: PoolSettings | None = None) -> DatabaseSettings:
+    """DatabaseSettings for another database on the server a ``postgresql://user:pw@host:port/db`` DSN names."""
+    url = urlparse(dsn)
+    return DatabaseSettings(
+        host=url.hostname or "127.0.0.1",
+        port=url.port or 5432,
+        username=url.username or "postgres",
+        password=url.password or "",
+        database=database,
+        pool=pool or PoolSettings(),
+    )
+
+
+async def execute_each(dsn: str, *statements: str) -> None:
+    """Run statements one by one on a throwaway connection (CREATE/DROP DATABASE cannot run in a pool's)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
