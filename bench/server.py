@@ -52,7 +52,8 @@ from server.device.server import DeviceServer
 from server.pipeline.asr import AsrProvider, WhisperAsr
 from server.pipeline.llm import ChatMessage, LlmDelta, LlmProvider, LocalLlm, ToolSpec
 from server.pipeline.registry import PipelineProviders, build_pipeline
-from server.pipeline.tts import EspeakTts, TtsProvider
+from server.pipeline.speech import AHEAD, SpeechRenderer
+from server.pipeline.tts import EspeakTts
 from server.pipeline.vad import WINDOW_SAMPLES, BatchedVadStream, VadBatcher
 
 # name → (comparison, target); a figure with a goal also gets a ``<name>_goal_met`` line.
@@ -316,18 +317,20 @@ class TimedLlm(LlmProvider):
         await self.inner.close()
 
 
-class TimedTts(TtsProvider):
-    """The wrapped TTS, timing the turn's first sentence (and, in the downlink run, every sentence)."""
+class TimedSpeech:
+    """Wraps the server's speech renderer (the worker pool): times the turn's first sentence, and in the
+    downlink run every sentence. The time includes the hand-off to the worker process and back (~1 ms)."""
 
-    name = "bench-timed"
-
-    def __init__(self, inner: TtsProvider) -> None:
+    def __init__(self, inner: SpeechRenderer) -> None:
         self.inner = inner
         self.sample_rate = inner.sample_rate
 
-    async def synthesize(self, text: str) -> np.ndarray:
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def render(self, text: str, *, priority: int = AHEAD) -> list[bytes]:
         started = time.monotonic()
-        pcm = await self.inner.synthesize(text)
+        packets = await self.inner.render(text, priority=priority)
         took = time.monotonic() - started
         record = CURRENT_TURN.get()
         if record is not None and record.tts_s is None:
@@ -336,7 +339,7 @@ class TimedTts(TtsProvider):
             PROBE.tts_durations.append(took)
             if record is not None:
                 PROBE.synth_ends[record.device_id].append(started + took)
-        return pcm
+        return packets
 
     async def close(self) -> None:
         await self.inner.close()
@@ -904,11 +907,13 @@ async def bench_offline(settings: Settings, turns: int) -> None:
 async def run(args: argparse.Namespace) -> None:
     install_probes()
     settings = Settings(server=ServerSettings(host="127.0.0.1", port=0, http_port=0, vad_tick_ms=args.vad_tick_ms))
-    providers = PipelineProviders(asr=SilentAsr(), llm=TimedLlm(LocalLlm()), tts=TimedTts(EspeakTts()))
+    providers = PipelineProviders(asr=SilentAsr(), llm=TimedLlm(LocalLlm()), tts=EspeakTts())
     profiler = Profiler(Path(args.profile) if args.profile else None)
     only = set(args.only.split(",")) if args.only else None
     server = DeviceServer(settings, providers=providers)
     await server.start()
+    assert server.ctx is not None
+    server.ctx.speech = TimedSpeech(server.ctx.speech)
     if args.gc_freeze:  # experiment: what the server would gain from freezing its start-up heap
         gc.collect()
         gc.freeze()

@@ -13,6 +13,7 @@ from server.events.types import Event
 from server.live.feed import LiveFeed
 from server.pipeline.llm import ChatMessage
 from server.pipeline.registry import PipelineProviders
+from server.pipeline.speech import SpeechRenderer
 from server.pipeline.vad import VadBatcher
 from server.storage.conversation_store import ConversationStore
 from server.storage.errors import InvalidInput
@@ -30,6 +31,7 @@ class ServerContext:
     providers: PipelineProviders
     vad: VadBatcher
     live: LiveFeed
+    speech: SpeechRenderer
     bus: EventBus | None = None
     store: ConversationStore | None = None
     context_messages: int = 20

@@ -29,6 +29,7 @@ from server.device.ota import OtaApp
 from server.live.feed import LiveFeed
 from server.live.pg_relay import PgLiveRelay
 from server.pipeline.registry import PipelineProviders, build_pipeline
+from server.pipeline.speech import SpeechRenderer, make_speech
 from server.pipeline.vad import VadBatcher
 from server.protocol.auth import AuthError, parse_authorization, verify_token
 from server.protocol.headers import ConnectionInfo, HandshakeError, parse_connection
@@ -72,6 +73,7 @@ class DeviceServer:
             providers=providers,
             vad=VadBatcher(),
             live=self.live,
+            speech=make_speech(providers.tts, cfg.downlink_sample_rate, cfg.frame_duration_ms, cfg.speech_workers),
             bus=self.runtime.bus if self.runtime else None,
             store=self.runtime.store if self.runtime else None,
             context_messages=self.settings.conversation.context_messages,
@@ -91,14 +93,18 @@ class DeviceServer:
         self._ota = OtaApp(cfg, self.websocket_url, self.health)
         await self._ota.start(cfg.host, cfg.http_port)
         self._vad_task = asyncio.create_task(self._vad_loop(), name="vad")
-        self._warmup = asyncio.create_task(self._warm_up(providers), name="warm-up")
+        self._warmup = asyncio.create_task(self._warm_up(providers, self.ctx.speech), name="warm-up")
         if self.runtime is not None:
             self._relay = PgLiveRelay(self.runtime.settings.database, self.live)
             await self._relay.start()
         log.info("device server: %s (OTA %s)", self.websocket_url(), self.ota_url())
 
-    async def _warm_up(self, providers: PipelineProviders) -> None:
+    async def _warm_up(self, providers: PipelineProviders, speech: SpeechRenderer) -> None:
         """Load models now, so the first device does not wait for them (whisper: ~0.5 s, more on a busy box)."""
+        try:
+            await speech.start()
+        except Exception as exc:
+            log.warning("speech synthesis not ready at start: %s", exc)
         load = getattr(providers.asr, "load", None)
         if load is not None:
             try:
@@ -126,8 +132,10 @@ class DeviceServer:
                 await self._vad_task
         if self._ota is not None:
             await self._ota.stop()
-        if self.ctx is not None and self._providers is None:
-            await self.ctx.providers.close()
+        if self.ctx is not None:
+            await self.ctx.speech.close()
+            if self._providers is None:
+                await self.ctx.providers.close()
 
     # ---- addresses ------------------------------------------------------------------------------
 

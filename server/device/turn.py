@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import ConnectionClosed
 
-from server.audio.encoder import OpusEncoder
 from server.device.mcp_client import McpCallError
 from server.events.types import AddMessage, SaveAudio
 from server.pipeline.llm import ChatMessage, ToolCall, ToolSpec
 from server.pipeline.registry import ProviderError
 from server.pipeline.sentences import SentenceSplitter
+from server.pipeline.speech import AHEAD, FIRST
 from server.protocol import messages
 from server.storage.models import NewMessage
 
@@ -112,32 +112,33 @@ async def _converse(conn: DeviceConnection, reply: Reply) -> None:
         async with asyncio.timeout(CONTEXT_WAIT_S):
             context = await asyncio.shield(conn.context_ready)
     tools = [ToolSpec(t.name, t.description, t.input_schema) for t in conn.mcp.tools]
-    encoder = OpusEncoder(conn.downlink_rate, conn.frame_ms)
     splitter = SentenceSplitter()
     emotion_sent = False
-    for _ in range(MAX_TOOL_ROUNDS):
-        prompt = [ChatMessage("system", conn.system_prompt), *context, *conn.history]
-        said = ""
-        calls: list[ToolCall] = []
-        async for delta in ctx.providers.llm.stream(prompt, tools):
-            if delta.tool_call is not None:
-                calls.append(delta.tool_call)
-                continue
-            if not delta.text:
-                continue
-            if not emotion_sent:
-                await conn.send_json(messages.llm_emotion(conn.session_id, "happy"))
-                emotion_sent = True
-            said += delta.text
-            for sentence in splitter.feed(delta.text):
-                await _speak(conn, reply, encoder, sentence)
-        for sentence in splitter.flush():
-            await _speak(conn, reply, encoder, sentence)
-        if not calls:
-            if said:
-                conn.history.append(ChatMessage("assistant", said))
-            return
-        await _run_tools(conn, said, calls)
+    async with Speaker(conn, reply) as speaker:
+        for _ in range(MAX_TOOL_ROUNDS):
+            prompt = [ChatMessage("system", conn.system_prompt), *context, *conn.history]
+            said = ""
+            calls: list[ToolCall] = []
+            async for delta in ctx.providers.llm.stream(prompt, tools):
+                if delta.tool_call is not None:
+                    calls.append(delta.tool_call)
+                    continue
+                if not delta.text:
+                    continue
+                if not emotion_sent:
+                    await conn.send_json(messages.llm_emotion(conn.session_id, "happy"))
+                    emotion_sent = True
+                said += delta.text
+                for sentence in splitter.feed(delta.text):
+                    await speaker.say(sentence)
+            for sentence in splitter.flush():
+                await speaker.say(sentence)
+            if not calls:
+                if said:
+                    conn.history.append(ChatMessage("assistant", said))
+                return
+            await speaker.drain()  # what was said before the tool call is heard before its effect
+            await _run_tools(conn, said, calls)
 
 
 async def _run_tools(conn: DeviceConnection, said: str, calls: list[ToolCall]) -> None:
@@ -164,21 +165,93 @@ async def _run_tools(conn: DeviceConnection, said: str, calls: list[ToolCall]) -
         conn.history.append(ChatMessage("tool", output, tool_call_id=call.id))
 
 
-async def _speak(conn: DeviceConnection, reply: Reply, encoder: OpusEncoder, sentence: str) -> None:
-    ctx = conn.ctx
-    await conn.send_json(messages.tts_sentence_start(conn.session_id, sentence))
-    ctx.live.emit("tts", conn.device_id, conn.session_id, state="sentence_start", text=sentence)
-    pcm = await ctx.providers.tts.synthesize(sentence)
-    packets = [*encoder.encode(pcm), *encoder.flush()]
-    reply.spoken.append(sentence)
-    for packet in packets:
-        await conn.pacer.wait_turn()
-        await conn.send_audio(packet)
-        conn.pacer.mark_sent()
-        if reply.first_audio_at is None:
-            reply.first_audio_at = time.monotonic()
-        reply.packets.append(packet)
-    await conn.send_json(messages.tts_sentence_end(conn.session_id, sentence))
+class Speaker:
+    """Speaks a turn's sentences in order while the next one is synthesized: one playing, at most one ahead.
+
+    ``say`` returns as soon as the sentence is queued (it waits only while one sentence plays and another is
+    ready), so the LLM stream goes on meanwhile. A turn's first sentence has the synthesis pool's priority. The
+    player's failure (provider error, device gone) is raised by the next ``say``, ``drain`` or at exit.
+    """
+
+    def __init__(self, conn: DeviceConnection, reply: Reply) -> None:
+        self.conn = conn
+        self.reply = reply
+        self._slots = asyncio.Semaphore(2)
+        self._queue: asyncio.Queue[tuple[str, asyncio.Task[list[bytes]]] | None] = asyncio.Queue()
+        self._player: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[list[bytes]]] = set()
+        self._count = 0
+
+    async def __aenter__(self) -> Speaker:
+        self._player = asyncio.create_task(self._play(), name=f"speaker:{self.conn.device_id}")
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            await self.drain()
+        else:
+            await self._cancel()
+
+    async def say(self, sentence: str) -> None:
+        self._raise_if_failed()
+        await self._slots.acquire()
+        self._raise_if_failed()
+        priority = FIRST if self._count == 0 else AHEAD
+        self._count += 1
+        synth = asyncio.create_task(self.conn.ctx.speech.render(sentence, priority=priority))
+        self._pending.add(synth)
+        synth.add_done_callback(self._pending.discard)
+        self._queue.put_nowait((sentence, synth))
+
+    async def drain(self) -> None:
+        """Wait until everything said so far has been sent; raises what the player failed with."""
+        assert self._player is not None
+        if self._player.done():
+            self._player.result()
+            return
+        self._queue.put_nowait(None)
+        try:
+            await asyncio.shield(self._player)
+        finally:
+            if self._player.done() and not self._player.cancelled() and self._player.exception() is None:
+                self._player = asyncio.create_task(self._play(), name=f"speaker:{self.conn.device_id}")
+
+    def _raise_if_failed(self) -> None:
+        if self._player is not None and self._player.done():
+            self._player.result()
+            raise RuntimeError("the speaker stopped")  # pragma: no cover - _play only ends on None or an error
+
+    async def _cancel(self) -> None:
+        tasks = [t for t in (*self._pending, self._player) if t is not None]
+        while not self._queue.empty():  # synthesized but never played: retrieve their results or errors
+            item = self._queue.get_nowait()
+            if item is not None:
+                tasks.append(item[1])
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _play(self) -> None:
+        conn = self.conn
+        try:
+            while (item := await self._queue.get()) is not None:
+                sentence, synth = item
+                await conn.send_json(messages.tts_sentence_start(conn.session_id, sentence))
+                conn.ctx.live.emit("tts", conn.device_id, conn.session_id, state="sentence_start", text=sentence)
+                packets = await synth
+                self.reply.spoken.append(sentence)
+                for packet in packets:
+                    await conn.pacer.wait_turn()
+                    await conn.send_audio(packet)
+                    conn.pacer.mark_sent()
+                    if self.reply.first_audio_at is None:
+                        self.reply.first_audio_at = time.monotonic()
+                    self.reply.packets.append(packet)
+                await conn.send_json(messages.tts_sentence_end(conn.session_id, sentence))
+                self._slots.release()
+        except BaseException:
+            self._slots.release()  # wake a `say` waiting for a slot, so it sees the failure
+            raise
 
 
 def _store_message(conn: DeviceConnection, role: str, content: str, **fields: Any) -> None:

@@ -18,6 +18,7 @@ import struct
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -56,6 +57,10 @@ class TtsProvider(ABC):
 
     async def close(self) -> None:  # noqa: B027 - most providers hold nothing to release
         """Release clients or models; the provider is not used afterwards."""
+
+    def worker_recipe(self) -> tuple[Callable[..., TtsProvider], dict[str, Any]] | None:
+        """How a speech worker process builds an equal provider (picklable), or None to stay in the server."""
+        return None
 
 
 def _check_rate(sample_rate: int) -> int:
@@ -173,6 +178,10 @@ class EspeakTts(TtsProvider):
     def from_config(cls, config: EspeakTtsConfig) -> EspeakTts:
         return cls(voice=config.voice, speed=config.speed, sample_rate=config.sample_rate, timeout_s=config.timeout_s)
 
+    def worker_recipe(self) -> tuple[Callable[..., TtsProvider], dict[str, Any]]:
+        return EspeakTts, {"voice": self.voice, "speed": self.speed, "sample_rate": self.sample_rate,
+                           "timeout_s": self.timeout_s}  # fmt: skip
+
     def voice_for(self, text: str) -> str:
         if self.voice:
             return self.voice
@@ -250,6 +259,10 @@ class PiperTts(TtsProvider):
             sample_rate=config.sample_rate,
             cpu_threads=config.cpu_threads,
         )
+
+    def worker_recipe(self) -> tuple[Callable[..., TtsProvider], dict[str, Any]]:
+        return PiperTts, {"model_path": self.model_path, "length_scale": self.length_scale,
+                          "sample_rate": self.sample_rate, "cpu_threads": self.cpu_threads}  # fmt: skip
 
     def _resolve_model(self) -> Path:
         if self.model_path is not None:
