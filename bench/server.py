@@ -9,15 +9,16 @@ Prints ``BENCH <name> <value> <unit>`` on stdout, and for each figure with a goa
 means and how it is measured.
 
 Measuring without changing server code: the bench wraps, in this process only,
-``DeviceConnection.on_audio`` (frame arrival), ``BatchedVadStream.push``/``reset`` (samples queued for
-VAD), ``VadBatcher.run`` (which windows each stream has had evaluated when a run ends),
+``DeviceConnection.on_audio`` (frame arrival), ``UplinkStream.push``/``reset`` (samples queued for the
+uplink worker), ``UplinkAnalyzer.run`` (which windows each stream has had evaluated when a run ends),
 ``DeviceConnection._on_text`` / ``send_audio`` (text turn arrival, frames sent), ``AudioPacer.mark_sent``
-(pacer underruns) and the providers (time spent inside the LLM and TTS calls). The wrappers cost a few
-microseconds per call. ``--vad-tick-ms`` and ``--gc-freeze`` are experiment knobs (defaults: as shipped).
+(pacer underruns), the LLM and the server's speech renderer (time spent in the LLM and in TTS + encoding).
+The wrappers cost a few microseconds per call. ``--vad-tick-ms`` and ``--gc-freeze`` are experiment knobs
+(defaults: as shipped).
 
-Providers: the real ``LocalLlm`` and ``EspeakTts`` (wrapped to time them), and an ASR that always hears
-nothing (:class:`SilentAsr`), so the uplink devices' utterances end their turns at once and only the
-server's own audio path (decode, VAD) is measured. The last figure uses the real offline pipeline
+Providers: the real ``LocalLlm`` (wrapped to time it) and ``EspeakTts`` (in the server's speech workers), and an
+ASR that always hears nothing (:class:`SilentAsr`), so the uplink devices' utterances end their turns at once
+and only the server's own audio path (decode, VAD) is measured. The last figure uses the real offline pipeline
 (``build_pipeline()`` defaults: Whisper tiny.en, local LLM, espeak).
 """
 
@@ -54,7 +55,8 @@ from server.pipeline.llm import ChatMessage, LlmDelta, LlmProvider, LocalLlm, To
 from server.pipeline.registry import PipelineProviders, build_pipeline
 from server.pipeline.speech import AHEAD, SpeechRenderer
 from server.pipeline.tts import EspeakTts
-from server.pipeline.vad import WINDOW_SAMPLES, BatchedVadStream, VadBatcher
+from server.pipeline.uplink import UplinkAnalyzer, UplinkStream
+from server.pipeline.vad import WINDOW_SAMPLES
 
 # name → (comparison, target); a figure with a goal also gets a ``<name>_goal_met`` line.
 GOALS: dict[str, tuple[str, float]] = {
@@ -140,7 +142,7 @@ class Probe:
     turn_records: list[TurnRecord] = field(default_factory=list)
     sent: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     pacer_underruns: int = 0
-    vad_running: bool = False  # a VadBatcher.run is in progress (in the VAD worker thread)
+    vad_running: bool = False  # an UplinkAnalyzer.run is in progress (waiting for the uplink worker)
     gc_pauses: list[tuple[float, int, float]] = field(default_factory=list)  # (start, generation, seconds)
     tts_durations: list[float] = field(default_factory=list)
     synth_ends: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -162,31 +164,36 @@ class Probe:
 
 
 PROBE = Probe()
+# Per uplink stream id (UplinkStream has __slots__): samples pushed since the last reset, resets so far, and
+# the reset epoch the last run applied.
+PUSHED: dict[int, int] = {}
+EPOCH: dict[int, int] = {}
+APPLIED: dict[int, int] = {}
 
 
 def install_probes() -> None:
     on_audio = DeviceConnection.on_audio
     on_text = DeviceConnection._on_text
     send_audio = DeviceConnection.send_audio
-    push = BatchedVadStream.push
-    reset = BatchedVadStream.reset
+    push = UplinkStream.push
+    reset = UplinkStream.reset
     mark_sent = AudioPacer.mark_sent
-    run = VadBatcher.run
+    run = UplinkAnalyzer.run
 
     def probed_mark_sent(self: AudioPacer, frames: int = 1) -> None:
         before = self.underruns
         mark_sent(self, frames)
         PROBE.pacer_underruns += self.underruns - before
 
-    def probed_push(self: BatchedVadStream, pcm: Any) -> None:
-        push(self, pcm)
-        self.bench_pushed = getattr(self, "bench_pushed", 0) + len(pcm)
+    def probed_push(self: UplinkStream, packet: bytes, samples: int) -> None:
+        push(self, packet, samples)
+        PUSHED[self.id] = PUSHED.get(self.id, 0) + samples
 
-    def probed_reset(self: BatchedVadStream) -> None:
+    def probed_reset(self: UplinkStream) -> None:
         # ``listen start`` resets the stream: queued audio is dropped and offsets restart at the next run.
         reset(self)
-        self.bench_pushed = 0
-        self.bench_epoch = getattr(self, "bench_epoch", 0) + 1
+        PUSHED[self.id] = 0
+        EPOCH[self.id] = EPOCH.get(self.id, 0) + 1
 
     def probed_on_audio(self: DeviceConnection, packet: bytes) -> None:
         if not PROBE.uplink:
@@ -194,27 +201,26 @@ def install_probes() -> None:
             return
         arrived = time.monotonic()
         stream = self._vad
-        before = getattr(stream, "bench_pushed", 0)
+        before = PUSHED.get(stream.id, 0)
         on_audio(self, packet)
-        after = getattr(stream, "bench_pushed", 0)
+        after = PUSHED.get(stream.id, 0)
         target = after // WINDOW_SAMPLES if after != before else -1
-        PROBE.frames[stream.id].append((arrived, getattr(stream, "bench_epoch", 0), target))
+        PROBE.frames[stream.id].append((arrived, EPOCH.get(stream.id, 0), target))
         PROBE.stream_device[stream.id] = self.device_id
 
-    def probed_run(self: VadBatcher) -> Any:
+    async def probed_run(self: UplinkAnalyzer) -> Any:
         started = time.monotonic()
-        with self._lock:  # the streams this run takes (closed ones are still evaluated: read them too)
-            streams = list(self._streams.values())
-            for s in streams:
-                if s._reset_requested:  # this run applies it
-                    s.bench_applied = getattr(s, "bench_epoch", 0)
+        streams = list(self._streams.values())
+        for s in streams:
+            if s._reset:  # this run applies it
+                APPLIED[s.id] = EPOCH.get(s.id, 0)
         PROBE.vad_running = True
         try:
-            result = run(self)
+            result = await run(self)
         finally:
             PROBE.vad_running = False
         if PROBE.uplink:
-            progress = {s.id: (getattr(s, "bench_applied", 0), s._track.windows) for s in streams}
+            progress = {s.id: (APPLIED.get(s.id, 0), s.evaluated_samples // WINDOW_SAMPLES) for s in streams}
             PROBE.runs.append((started, time.monotonic(), progress))
         return result
 
@@ -248,11 +254,11 @@ def install_probes() -> None:
             PROBE.gc_pauses.append((gc_started[0], info["generation"], time.monotonic() - gc_started[0]))
 
     gc.callbacks.append(on_gc)
-    BatchedVadStream.push = probed_push  # type: ignore[method-assign]
-    BatchedVadStream.reset = probed_reset  # type: ignore[method-assign]
+    UplinkStream.push = probed_push  # type: ignore[method-assign]
+    UplinkStream.reset = probed_reset  # type: ignore[method-assign]
     AudioPacer.mark_sent = probed_mark_sent  # type: ignore[method-assign]
     DeviceConnection.on_audio = probed_on_audio  # type: ignore[method-assign]
-    VadBatcher.run = probed_run  # type: ignore[method-assign]
+    UplinkAnalyzer.run = probed_run  # type: ignore[method-assign]
     DeviceConnection._on_text = probed_on_text  # type: ignore[method-assign]
     DeviceConnection.send_audio = probed_send_audio  # type: ignore[method-assign]
 
@@ -415,10 +421,19 @@ class CpuWindow:
             other = other or getattr(self, "_loadgen_last", None)  # it has just exited: its last sample
         total = psutil.cpu_times()
         busy = sum(getattr(total, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
+        # The server's worker processes (uplink decode + VAD, speech synthesis; and their espeak-ng children once
+        # reaped) are children of multiprocessing's forkserver, itself a child of this process.
+        workers = 0.0
+        for child in self.me.children(recursive=True):
+            if self.loadgen is not None and child.pid == self.loadgen.pid:
+                continue
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = child.cpu_times()
+                workers += t.user + t.system + t.children_user + t.children_system
         return (
             time.monotonic(),
             mine.user + mine.system,
-            mine.children_user + mine.children_system,  # espeak-ng processes, once reaped
+            mine.children_user + mine.children_system + workers,
             (other.user + other.system) if other else 0.0,
             busy,
         )
@@ -523,7 +538,7 @@ async def wait_connections(server: DeviceServer, n: int, timeout: float = 60) ->
 
 
 async def wait_vad_idle(timeout: float = 120) -> None:
-    """An overloaded VadBatcher.run goes on evaluating the backlog of streams closed meanwhile: wait for it."""
+    """An overloaded uplink worker goes on with the backlog of a run under way when devices leave: wait for it."""
     started = time.monotonic()
     async with asyncio.timeout(timeout):
         while PROBE.vad_running:  # noqa: ASYNC110 - the flag is set in another thread
@@ -692,10 +707,11 @@ async def uplink_run(
         "p50": pct(lags, 50),
         "fps": in_window / (window[1] - window[0]),
         "e2e_p99": pct(e2e, 99),
-        "cpu": usage["server"],
+        "cpu": usage["server"] + usage["children"],
     }
     log(f"lag arrival→VAD done: p50 {pct(lags, 50):.1f} ms, p90 {pct(lags, 90):.1f}, p99 {pct(lags, 99):.1f}, "
-        f"max {max(lags, default=float('nan')):.1f} ms; server CPU {usage['server']:.0f}%")  # fmt: skip
+        f"max {max(lags, default=float('nan')):.1f} ms; server CPU {usage['server']:.0f}% + its worker processes "
+        f"{usage['children']:.0f}%")  # fmt: skip
     if quiet:
         return figures
     log(
@@ -853,7 +869,7 @@ async def bench_downlink(server: DeviceServer, url: str, devices: int, profiler:
         f"{pct(PROBE.tts_durations, 90) * 1000:.0f} ms, p99 {pct(PROBE.tts_durations, 99) * 1000:.0f} ms "
         f"({len(PROBE.tts_durations)} sentences)"
     )
-    log(f"CPU: server {usage['server']:.0f}%, its espeak-ng children {usage['children']:.0f}%, load generator "
+    log(f"CPU: server {usage['server']:.0f}%, its worker processes {usage['children']:.0f}%, load generator "
         f"{usage['loadgen']:.0f}%, everything else {usage['other']:.0f}%")  # fmt: skip
     log(gc_summary(window))
     log(monitor.summary())

@@ -22,11 +22,11 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed
 
 from server.audio.collector import AudioCollector
-from server.audio.decoder import OpusDecoder
-from server.audio.opus_packets import InvalidOpusPacket
+from server.audio.opus_packets import InvalidOpusPacket, packet_samples
 from server.audio.pacer import AudioPacer
 from server.device.mcp_client import DeviceMcpClient
 from server.events.types import SessionEnd, SessionStart
+from server.pipeline.uplink import StreamReport
 from server.pipeline.vad import VadConfig, VadEvent
 from server.protocol import framing, messages
 from server.protocol.headers import ConnectionInfo
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-UPLINK_RATE = 16000  # we decode every uplink at 16 kHz: what VAD and ASR want (opus decodes at any rate)
+UPLINK_RATE = 16000  # every uplink is decoded at 16 kHz: what VAD and ASR want (opus decodes at any rate)
 PREROLL_S = 0.3  # audio kept before the VAD's speech start
 PAD_S = 0.2  # audio kept around the speech segment when it is saved
 MAX_UTTERANCE_S = 60.0
@@ -52,16 +52,16 @@ CLOSE_PROTOCOL = 1002
 CLOSE_IDLE = 4001
 
 
-@dataclass
+@dataclass(slots=True)
 class UplinkChunk:
-    offset: int  # sample offset (16 kHz) of the packet's first sample since the connection opened
+    offset: int  # sample offset (16 kHz) of the packet's first sample since listening (re)started
     packet: bytes
-    pcm: np.ndarray
+    samples: int  # what the packet decodes to at 16 kHz (from its TOC byte)
 
 
 @dataclass
 class Utterance:
-    """What a turn starts from: typed text, or the speech segment (packets for storage, PCM for ASR)."""
+    """What a turn starts from: typed text, or the speech segment (packets: stored, and decoded for ASR)."""
 
     text: str | None = None
     packets: list[bytes] = field(default_factory=list)
@@ -88,7 +88,6 @@ class DeviceConnection:
         self.mcp = DeviceMcpClient(self._send_mcp, timeout_s=settings.tool_call_timeout_s)
         self.pacer = AudioPacer(self.frame_ms, settings.prebuffer_frames)
         self.collector = AudioCollector(user_sample_rate=self.uplink_rate, tts_sample_rate=self.downlink_rate)
-        self._decoder = OpusDecoder(UPLINK_RATE)
         self._vad = ctx.vad.open(VadConfig(min_silence_ms=settings.vad_min_silence_ms))
         self._samples = 0
         self._vad_reported = 0  # VAD position whose events have been delivered to on_vad
@@ -310,22 +309,18 @@ class DeviceConnection:
         self.on_audio(frame.payload)
 
     def on_audio(self, packet: bytes) -> None:
+        """Keep the packet and queue it for the uplink worker (decoding and VAD happen there)."""
         if not self.listening or (self.state == "speaking" and self.listen_mode != "realtime"):
             return  # the firmware mutes the mic while speaking, except in realtime mode
         try:
-            pcm = self._decoder.decode(packet)
+            samples = packet_samples(packet, UPLINK_RATE)
         except InvalidOpusPacket:
             self.stats["bad_packets"] += 1
             return
-        self._chunks.append(UplinkChunk(self._samples, packet, pcm))
-        self._samples += len(pcm)
-        self._vad.push(pcm)  # in every mode, so VAD offsets and buffer offsets stay one scale
+        self._chunks.append(UplinkChunk(self._samples, packet, samples))
+        self._samples += samples
+        self._vad.push(packet, samples)  # in every mode, so VAD offsets and buffer offsets stay one scale
         self._trim_chunks()
-        now = time.monotonic()
-        if now - self._last_level >= LEVEL_EVERY_S:
-            self._last_level = now
-            rms = float(np.sqrt(np.mean(pcm.astype(np.float32) ** 2))) if len(pcm) else 0.0
-            self.ctx.live.emit("level", self.device_id, self.session_id, rms=round(rms, 1), speech=self._in_speech)
 
     def _trim_chunks(self) -> None:
         if self._in_speech or self.listen_mode == "manual":
@@ -334,7 +329,7 @@ class DeviceConnection:
             # Keep the pre-roll before what the VAD has judged *and reported*; audio it has not looked at
             # yet (it lags by a tick, more under load or with a device sending faster than real time) stays.
             keep_from = min(self._samples, self._vad_reported) - int(PREROLL_S * UPLINK_RATE)
-        while self._chunks and self._chunks[0].offset + len(self._chunks[0].pcm) < keep_from:
+        while self._chunks and self._chunks[0].offset + self._chunks[0].samples < keep_from:
             self._chunks.popleft()
 
     def _start_listening(self) -> None:
@@ -342,15 +337,30 @@ class DeviceConnection:
         # A fresh utterance scale: the VAD forgets a segment a push-to-talk `listen stop` cut short, and the
         # buffer offsets restart with it.
         self._vad.reset()
+        self._restart_scale()
+        if self.state != "speaking":
+            self.set_state("listening")
+
+    def _restart_scale(self) -> None:
         self._samples = 0
         self._vad_reported = 0
         self._chunks.clear()
         self._in_speech = False
-        if self.state != "speaking":
-            self.set_state("listening")
 
-    def vad_progress(self) -> None:
-        """Called after each VAD run, once its events (if any) were delivered."""
+    def on_uplink_report(self, report: StreamReport) -> None:
+        """What the uplink worker found in this connection's latest packets."""
+        if report.restarted:  # the worker was replaced: its offsets (and so ours) start over
+            self._restart_scale()
+            return
+        self.stats["bad_packets"] += report.bad_packets
+        if report.level is not None:
+            now = time.monotonic()
+            if now - self._last_level >= LEVEL_EVERY_S:
+                self._last_level = now
+                self.ctx.live.emit("level", self.device_id, self.session_id, rms=round(report.level, 1),
+                                   speech=self._in_speech)  # fmt: skip
+        if report.events:
+            self.on_vad(report.events)
         if not self._vad.reset_pending:
             self._vad_reported = self._vad.evaluated_samples
 
@@ -377,11 +387,10 @@ class DeviceConnection:
         """The speech only (VAD-trimmed, with a little padding) — not the silence around it."""
         lo = start - int(PAD_S * UPLINK_RATE)
         hi = end + int(PAD_S * UPLINK_RATE)
-        chunks = [c for c in self._chunks if c.offset + len(c.pcm) > lo and c.offset < hi]
+        chunks = [c for c in self._chunks if c.offset + c.samples > lo and c.offset < hi]
         while self._chunks and self._chunks[0].offset < hi:  # later audio may already hold the next utterance
             self._chunks.popleft()
-        pcm = np.concatenate([c.pcm for c in chunks]) if chunks else np.zeros(0, dtype=np.int16)
-        return Utterance(packets=[c.packet for c in chunks], pcm=pcm)
+        return Utterance(packets=[c.packet for c in chunks])
 
     def _finish_manual_utterance(self) -> None:
         self.listening = False
@@ -390,8 +399,7 @@ class DeviceConnection:
         if not chunks:
             self.set_state("idle")
             return
-        pcm = np.concatenate([c.pcm for c in chunks])
-        self.start_turn(Utterance(packets=[c.packet for c in chunks], pcm=pcm))
+        self.start_turn(Utterance(packets=[c.packet for c in chunks]))
 
     # ---- turns ----------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from server.live.feed import LiveFeed
 from server.pipeline.llm import ChatMessage
 from server.pipeline.registry import PipelineProviders
 from server.pipeline.speech import SpeechRenderer
-from server.pipeline.vad import VadBatcher
+from server.pipeline.uplink import UplinkAnalyzer
 from server.storage.conversation_store import ConversationStore
 from server.storage.errors import InvalidInput
 
@@ -29,7 +29,7 @@ STORAGE_READ_TIMEOUT_S = 3.0  # a connection never waits longer than this for th
 class ServerContext:
     settings: ServerSettings
     providers: PipelineProviders
-    vad: VadBatcher
+    vad: UplinkAnalyzer
     live: LiveFeed
     speech: SpeechRenderer
     bus: EventBus | None = None

@@ -30,7 +30,7 @@ from server.live.feed import LiveFeed
 from server.live.pg_relay import PgLiveRelay
 from server.pipeline.registry import PipelineProviders, build_pipeline
 from server.pipeline.speech import SpeechRenderer, make_speech
-from server.pipeline.vad import VadBatcher
+from server.pipeline.uplink import UplinkAnalyzer
 from server.protocol.auth import AuthError, parse_authorization, verify_token
 from server.protocol.headers import ConnectionInfo, HandshakeError, parse_connection
 from server.runtime import StorageRuntime
@@ -71,7 +71,7 @@ class DeviceServer:
         self.ctx = ServerContext(
             settings=cfg,
             providers=providers,
-            vad=VadBatcher(),
+            vad=UplinkAnalyzer(),
             live=self.live,
             speech=make_speech(providers.tts, cfg.downlink_sample_rate, cfg.frame_duration_ms, cfg.speech_workers),
             bus=self.runtime.bus if self.runtime else None,
@@ -101,10 +101,12 @@ class DeviceServer:
 
     async def _warm_up(self, providers: PipelineProviders, speech: SpeechRenderer) -> None:
         """Load models now, so the first device does not wait for them (whisper: ~0.5 s, more on a busy box)."""
-        try:
-            await speech.start()
-        except Exception as exc:
-            log.warning("speech synthesis not ready at start: %s", exc)
+        assert self.ctx is not None
+        for what, start in (("uplink analysis", self.ctx.vad.start), ("speech synthesis", speech.start)):
+            try:
+                await start()
+            except Exception as exc:
+                log.warning("%s not ready at start: %s", what, exc)
         load = getattr(providers.asr, "load", None)
         if load is not None:
             try:
@@ -133,6 +135,7 @@ class DeviceServer:
         if self._ota is not None:
             await self._ota.stop()
         if self.ctx is not None:
+            await self.ctx.vad.stop()
             await self.ctx.speech.close()
             if self._providers is None:
                 await self.ctx.providers.close()
@@ -239,17 +242,15 @@ class DeviceServer:
             await asyncio.sleep(next_tick - loop.time())
             if not len(self.ctx.vad):
                 continue
-            try:
-                results = await asyncio.to_thread(self.ctx.vad.run)
-            except Exception:
-                log.exception("VAD run failed")
-                continue
-            for stream_id, events in results.items():
+            reports = await self.ctx.vad.run()
+            for stream_id, report in reports.items():
                 conn = self.ctx.by_vad_stream.get(stream_id)
-                if conn is not None:
-                    conn.on_vad(events)
-            for conn in self.ctx.by_vad_stream.values():
-                conn.vad_progress()
+                if conn is None:
+                    continue
+                try:
+                    conn.on_uplink_report(report)
+                except Exception:  # one device's bug must not stop VAD for the others
+                    log.exception("device %s: uplink report failed", conn.device_id)
 
 
 def _pipeline_root(settings: Settings) -> dict[str, Any]:

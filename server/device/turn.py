@@ -24,6 +24,7 @@ from server.pipeline.llm import ChatMessage, ToolCall, ToolSpec
 from server.pipeline.registry import ProviderError
 from server.pipeline.sentences import SentenceSplitter
 from server.pipeline.speech import AHEAD, FIRST
+from server.pipeline.uplink import decode_packets
 from server.protocol import messages
 from server.storage.models import NewMessage
 
@@ -98,10 +99,13 @@ def _resume_listening(conn: DeviceConnection, utterance: Utterance) -> None:
 async def _user_text(conn: DeviceConnection, utterance: Utterance) -> str:
     if utterance.text is not None:
         return utterance.text
-    if utterance.pcm is None or not len(utterance.pcm):
+    pcm = utterance.pcm
+    if pcm is None and utterance.packets:
+        pcm = await asyncio.to_thread(decode_packets, utterance.packets, conn.uplink_rate)
+    if pcm is None or not len(pcm):
         return ""
     async with asyncio.timeout(ASR_TIMEOUT_S):
-        text = await conn.ctx.providers.asr.transcribe(utterance.pcm, conn.uplink_rate)
+        text = await conn.ctx.providers.asr.transcribe(pcm, conn.uplink_rate)
     return text.strip()
 
 

@@ -5,7 +5,9 @@ versions, and the errors a user sees when something is wrong."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import socket
 import subprocess
 from collections.abc import AsyncIterator
@@ -273,3 +275,30 @@ async def test_a_firmware_style_tool_error_fails_the_call_at_once(
         await client.close()
     finally:
         await srv.stop()
+
+
+async def test_a_killed_uplink_worker_is_replaced_and_the_device_is_still_heard(
+    server: DeviceServer, identity: DeviceIdentity, tmp_path: Path
+) -> None:
+    wav = espeak_wav(tmp_path / "q.wav", "what time is it")
+    client = DeviceClient(server.websocket_url(), identity)
+    await client.connect()
+    assert server.ctx is not None
+    await wait_until(lambda: server.ctx.vad.pid is not None)  # type: ignore[union-attr]
+    pid = server.ctx.vad.pid
+    assert pid is not None
+    # The worker dies while the device is in the middle of speaking.
+    encoder = UplinkEncoder()
+    await client.listen_start("auto")
+    for i, frame in enumerate(FileSource(wav).frames()):
+        if i == 10:
+            os.kill(pid, signal.SIGKILL)
+        await client.send_opus(encoder.encode(frame))
+        await asyncio.sleep(0.06)
+    await wait_until(lambda: server.ctx.vad.restarts == 1)  # type: ignore[union-attr]
+    # The next utterance, from the top, is heard and answered.
+    await speak_file(client, wav, mode="auto", realtime=True)
+    report = await client.wait_for_turn(timeout=60)
+    assert "time" in (report.stt or "").lower(), report.stt
+    assert server.ctx.vad.pid not in (None, pid)
+    await client.close()

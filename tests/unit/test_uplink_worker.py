@@ -1,0 +1,135 @@
+"""The uplink worker process: real opus packets decoded and run through Silero VAD in a real child process."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from server.audio.decoder import OpusDecoder
+from server.audio.opus_packets import packet_samples
+from server.pipeline.uplink import StreamReport, UplinkAnalyzer, decode_packets
+from server.pipeline.vad import SileroModel, VadConfig, VadStream
+from tests.support.speech import RATE, silence, spoken_pcm16k, to_opus_packets
+from tests.support.waiting import wait_until
+
+
+@pytest.fixture(scope="module")
+def packets() -> list[bytes]:
+    speech = spoken_pcm16k("Please turn the light on in the kitchen.")
+    return to_opus_packets(np.concatenate([silence(600), speech, silence(1200)]))
+
+
+async def feed(analyzer: UplinkAnalyzer, streams: list, packets: list[bytes], per_run: int = 1) -> dict:
+    got: dict[int, list[StreamReport]] = {s.id: [] for s in streams}
+    for lo in range(0, len(packets), per_run):
+        for stream in streams:
+            for packet in packets[lo : lo + per_run]:
+                stream.push(packet, packet_samples(packet, RATE))
+        for stream_id, report in (await analyzer.run()).items():
+            got[stream_id].append(report)
+    return got
+
+
+async def test_worker_finds_what_vad_finds_on_the_decoded_audio(packets: list[bytes]) -> None:
+    decoder = OpusDecoder(RATE)
+    expected = VadStream(SileroModel.shared()).feed(np.concatenate([decoder.decode(p) for p in packets]))
+    assert [e.kind for e in expected] == ["speech_start", "speech_end"]
+
+    analyzer = UplinkAnalyzer()
+    await analyzer.start()
+    try:
+        a, b = analyzer.open(), analyzer.open()
+        got = await feed(analyzer, [a, b], packets, per_run=2)
+    finally:
+        await analyzer.stop()
+    for stream in (a, b):
+        assert [e for r in got[stream.id] for e in r.events] == expected
+        assert stream.evaluated_samples == len(packets) * 960 // 512 * 512
+        levels = [r.level for r in got[stream.id] if r.level is not None]
+        assert max(levels) > 500 and min(levels) < 50  # speech is loud, the silence around it is not
+    assert analyzer.pid is None
+
+
+async def test_rejected_packets_count_as_silence_and_keep_offsets(packets: list[bytes]) -> None:
+    garbage = bytes([0x7A, 0xFF, 1, 2, 3])  # TOC: two 20 ms frames; a body libopus rejects
+    assert packet_samples(garbage, RATE) == 640
+    analyzer = UplinkAnalyzer()
+    try:
+        stream = analyzer.open()
+        got = await feed(analyzer, [stream], [garbage, garbage, *packets])
+    finally:
+        await analyzer.stop()
+    reports = got[stream.id]
+    assert sum(r.bad_packets for r in reports) == 2
+    start = next(e for r in reports for e in r.events if e.kind == "speech_start")
+    # the speech begins ~600 ms into the packets, which now start 80 ms later
+    assert 600 + 80 - 200 < start.start_ms < 600 + 80 + 400
+
+
+async def test_reset_restarts_the_offsets(packets: list[bytes]) -> None:
+    analyzer = UplinkAnalyzer(VadConfig(min_silence_ms=300))
+    try:
+        stream = analyzer.open()
+        await feed(analyzer, [stream], packets[:10])
+        assert stream.evaluated_samples > 0
+        stream.reset()
+        assert stream.reset_pending
+        stream.push(packets[0], 960)
+        await analyzer.run()
+        assert not stream.reset_pending
+        assert stream.evaluated_samples == 512  # one 960-sample packet since the reset: one whole window
+    finally:
+        await analyzer.stop()
+
+
+async def test_closed_streams_take_no_audio_and_are_forgotten(packets: list[bytes]) -> None:
+    analyzer = UplinkAnalyzer()
+    try:
+        kept, gone = analyzer.open(), analyzer.open()
+        gone.push(packets[0], 960)
+        analyzer.close(gone)
+        with pytest.raises(RuntimeError, match="closed"):
+            gone.push(packets[0], 960)
+        kept.push(packets[0], 960)
+        assert list(await analyzer.run()) == [kept.id]
+        assert len(analyzer) == 1
+    finally:
+        await analyzer.stop()
+
+
+async def test_a_killed_worker_is_replaced_and_every_stream_starts_over(packets: list[bytes]) -> None:
+    analyzer = UplinkAnalyzer()
+    await analyzer.start()
+    try:
+        a, b = analyzer.open(), analyzer.open()
+        await feed(analyzer, [a, b], packets[:5])
+        pid = analyzer.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), timeout=10)
+        a.push(packets[5], 960)
+        reports = await analyzer.run()
+        assert {i: r.restarted for i, r in reports.items()} == {a.id: True, b.id: True}
+        assert analyzer.restarts == 1 and a.evaluated_samples == 0
+        # The new worker works: a whole utterance from offset 0 gives its events again.
+        got = await feed(analyzer, [a], packets)
+        assert [e.kind for r in got[a.id] for e in r.events] == ["speech_start", "speech_end"]
+        assert analyzer.pid not in (None, pid)
+    finally:
+        await analyzer.stop()
+
+
+def test_decode_packets_gives_the_segment_pcm(packets: list[bytes]) -> None:
+    pcm = decode_packets([*packets[:3], b"", *packets[3:6]])  # a bad packet is skipped
+    assert pcm.dtype == np.int16 and len(pcm) == 6 * 960
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] == "Z"
+    except FileNotFoundError:
+        return True
