@@ -147,6 +147,8 @@ class ServerSettings(_Section):
     enable_greeting: bool = True  # a wake word gets a spoken greeting; off: just stt + tts stop
     system_prompt: str = "你是小智，一个友好、简洁的语音助手。Answer in the user's language, briefly."
     live_token: SecretStr = SecretStr("")  # remote consoles must present it on /xiaozhi/live
+    # Unbound devices get an activation code at the OTA check and may connect only once an operator entered it.
+    require_activation: bool = False
 
 
 class PipelineSettings(_Section):

@@ -16,6 +16,7 @@ from server.config import ConfigError, Settings, load_settings, redacted
 from server.runtime import StorageRuntime
 from server.services.errors import ServiceStartError
 from server.storage import schema
+from server.storage.device_registry import DeviceRegistry
 from server.storage.errors import StorageError
 from server.storage.models import SessionFilter
 from server.storage.retention import RetentionJob
@@ -61,6 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("session_id")
     show.set_defaults(run=cmd_sessions_show)
 
+    devices = sub.add_parser("devices", help="devices and their activation (server.require_activation)")
+    devices_sub = devices.add_subparsers(dest="devices_command", required=True)
+    devices_sub.add_parser("list", help="known devices; codes of those waiting to be bound").set_defaults(
+        run=cmd_devices_list
+    )
+    act = devices_sub.add_parser("activate", help="bind the device that shows/speaks this activation code")
+    act.add_argument("code", help="the six-digit code")
+    act.set_defaults(run=cmd_devices_activate)
+    deact = devices_sub.add_parser("deactivate", help="unbind a device (it must be activated again to connect)")
+    deact.add_argument("device_id")
+    deact.set_defaults(run=cmd_devices_deactivate)
+
     sub.add_parser("config", help="print the effective configuration (secrets hidden)").set_defaults(run=cmd_config)
 
     srv = sub.add_parser("server", help="run the device server (xiaozhi WebSocket protocol + OTA)")
@@ -72,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start storage (embedded by default) and store a demo conversation")
     demo.add_argument("--exit", action="store_true", help="exit after storing instead of waiting for Ctrl+C")
     demo.set_defaults(run=cmd_demo)
+
     return parser
 
 
@@ -231,6 +245,41 @@ async def cmd_sessions_show(args: argparse.Namespace, settings: Settings) -> int
             if m.audio_file_id:
                 extra += f" [audio {m.audio_file_id}]"
             print(f"{m.sequence_num:>4} {m.created_at.astimezone(UTC):%H:%M:%S} {m.role:<9} {m.content}{extra}")
+        return 0
+
+    return await _with_runtime(settings, run, events=False, schema_mode="require", audio=False)
+
+
+async def cmd_devices_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def run(rt: StorageRuntime) -> int:
+        assert rt.pool is not None
+        now = datetime.now(UTC)
+        print(f"{'device':<20} {'state':<10} {'code':<7} client")
+        for d in await DeviceRegistry(rt.pool).list():
+            waiting = d.activation_code and d.activation_expires_at and d.activation_expires_at > now
+            state = "activated" if d.activated else "waiting" if waiting else "unbound"
+            code = d.activation_code if waiting and not d.activated else "-"
+            print(f"{d.device_id:<20} {state:<10} {code:<7} {d.client_id or '-'}")
+        return 0
+
+    return await _with_runtime(settings, run, events=False, schema_mode="require", audio=False)
+
+
+async def cmd_devices_activate(args: argparse.Namespace, settings: Settings) -> int:
+    async def run(rt: StorageRuntime) -> int:
+        assert rt.pool is not None
+        device_id = await DeviceRegistry(rt.pool).activate(args.code)
+        print(f"activated {device_id}")
+        return 0
+
+    return await _with_runtime(settings, run, events=False, schema_mode="require", audio=False)
+
+
+async def cmd_devices_deactivate(args: argparse.Namespace, settings: Settings) -> int:
+    async def run(rt: StorageRuntime) -> int:
+        assert rt.pool is not None
+        await DeviceRegistry(rt.pool).deactivate(args.device_id)
+        print(f"deactivated {args.device_id}")
         return 0
 
     return await _with_runtime(settings, run, events=False, schema_mode="require", audio=False)

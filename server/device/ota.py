@@ -1,8 +1,11 @@
 """OTA / check-version endpoint the firmware calls before connecting (protocol.md §2), plus /healthz.
 
 ``POST /xiaozhi/ota/`` answers where to connect (``websocket.url`` and a token when auth is on), the
-server time and the firmware the device already runs (we serve no firmware images). ``GET`` on the same
-path answers a plain-text notice with the WebSocket URL, like the Python reference server.
+server time and the firmware the device already runs (we serve no firmware images), and — with
+``server.require_activation`` — an ``activation`` code for a device nobody has bound yet. ``POST …/activate``
+answers 200 once bound, 202 while the code waits for an operator, 404 if the device has no live code (it then
+re-runs its version check and gets a new one). ``GET`` on the OTA path answers a plain-text notice with the
+WebSocket URL, like the Python reference server.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from aiohttp import web
 from server.config import ServerSettings
 from server.protocol.auth import make_token
 from server.protocol.headers import HandshakeError, parse_connection
+from server.storage.device_registry import DeviceRegistry
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
@@ -29,9 +33,14 @@ def _error(status: int, message: str) -> web.Response:
 
 class OtaApp:
     def __init__(
-        self, settings: ServerSettings, websocket_url: Callable[[], str], health: Callable[[], dict[str, Any]]
+        self,
+        settings: ServerSettings,
+        websocket_url: Callable[[], str],
+        health: Callable[[], dict[str, Any]],
+        registry: DeviceRegistry | None = None,
     ):
         self.settings = settings
+        self.registry = registry
         self.websocket_url = websocket_url
         self.health = health
         self.app = web.Application(client_max_size=MAX_BODY)
@@ -79,21 +88,44 @@ class OtaApp:
         if self.settings.auth.enabled and secret:
             token = make_token(secret, info.client_id, info.device_id)
         log.info("OTA check from %s (%s)", info.device_id, request.headers.get("User-Agent", "?"))
-        return web.json_response(
-            {
-                "server_time": {"timestamp": int(time.time() * 1000), "timezone_offset": -time.timezone // 60},
-                "firmware": {"version": str(application.get("version", "")), "url": ""},
-                "websocket": {"url": self.websocket_url(), "token": token},
-            }
-        )
+        answer: dict[str, Any] = {
+            "server_time": {"timestamp": int(time.time() * 1000), "timezone_offset": -time.timezone // 60},
+            "firmware": {"version": str(application.get("version", "")), "url": ""},
+            "websocket": {"url": self.websocket_url(), "token": token},
+        }
+        if self.settings.require_activation and self.registry is not None:
+            try:
+                pending = await self.registry.pending_activation(info.device_id, info.client_id)
+            except Exception as exc:  # database down: the device retries its check with backoff
+                log.warning("OTA check from %s: activation state unknown: %s", info.device_id, exc)
+                return _error(503, "activation service unavailable, try again later")
+            if pending is not None:
+                log.info("device %s waits for activation with code %s", info.device_id, pending.code)
+                answer["activation"] = {
+                    "code": pending.code,
+                    "message": f"Activation code {pending.code}: enter it in the xiaozhi console",
+                    "challenge": pending.challenge,
+                    "timeout_ms": pending.timeout_ms,
+                }
+        return web.json_response(answer)
 
     async def activate(self, request: web.Request) -> web.Response:
-        # Devices are accepted without a binding step, so activation always succeeds.
         try:
-            parse_connection(request.headers, {})
+            info = parse_connection(request.headers, {})
         except HandshakeError as exc:
             return _error(exc.status, exc.reason)
-        return web.json_response({"success": True})
+        if not self.settings.require_activation or self.registry is None:
+            return web.json_response({"success": True})  # no binding step: every device is welcome
+        try:
+            status = await self.registry.activation_status(info.device_id)
+        except Exception as exc:
+            log.warning("activation poll from %s: %s", info.device_id, exc)
+            return _error(503, "activation service unavailable, try again later")
+        if status == "activated":
+            return web.json_response({"success": True})
+        if status == "pending":
+            return web.json_response({"success": False, "message": "waiting for the code to be entered"}, status=202)
+        return _error(404, "no activation code is waiting for this device: run the version check again")
 
     async def notice(self, request: web.Request) -> web.Response:
         return web.Response(text=f"OTA interface is running; websocket: {self.websocket_url()}\n")

@@ -22,7 +22,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from server.config import Settings
+from server.config import ConfigError, Settings
 from server.device.connection import DeviceConnection
 from server.device.context import ServerContext
 from server.device.ota import OtaApp
@@ -34,6 +34,7 @@ from server.pipeline.uplink import UplinkAnalyzer
 from server.protocol.auth import AuthError, parse_authorization, verify_token
 from server.protocol.headers import ConnectionInfo, HandshakeError, parse_connection
 from server.runtime import StorageRuntime
+from server.storage.device_registry import DeviceRegistry
 
 log = logging.getLogger(__name__)
 WS_PATH = "/xiaozhi/v1"
@@ -61,12 +62,16 @@ class DeviceServer:
         self._infos: dict[int, ConnectionInfo] = {}
         self._live_filters: dict[int, str | None] = {}
         self._relay: PgLiveRelay | None = None
+        self.registry: DeviceRegistry | None = None
         self.ws_port = 0
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.settings.server
+        self.registry = DeviceRegistry(self.runtime.pool) if self.runtime and self.runtime.pool else None
+        if cfg.require_activation and self.registry is None:
+            raise ConfigError("server.require_activation needs the database (devices are bound in its devices table)")
         providers = self._providers or build_pipeline(_pipeline_root(self.settings))
         self.ctx = ServerContext(
             settings=cfg,
@@ -90,7 +95,7 @@ class DeviceServer:
             ping_timeout=30,
         )
         self.ws_port = next(iter(self._ws.sockets)).getsockname()[1]
-        self._ota = OtaApp(cfg, self.websocket_url, self.health)
+        self._ota = OtaApp(cfg, self.websocket_url, self.health, self.registry)
         await self._ota.start(cfg.host, cfg.http_port)
         self._vad_task = asyncio.create_task(self._vad_loop(), name="vad")
         self._warmup = asyncio.create_task(self._warm_up(providers, self.ctx.speech), name="warm-up")
@@ -164,7 +169,7 @@ class DeviceServer:
 
     # ---- handshake and connections --------------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         if url.path.rstrip("/") == LIVE_PATH:
             return self._authorize_live(connection, request, parse_qs(url.query))
@@ -187,6 +192,17 @@ class DeviceServer:
             except (AuthError, ValueError) as exc:
                 log.info("refused %s: %s", info.device_id, exc)
                 return connection.respond(HTTPStatus.UNAUTHORIZED, f"unauthorized: {exc}\n")
+        if self.settings.server.require_activation and self.registry is not None:
+            try:
+                activated = await self.registry.is_activated(info.device_id)
+            except Exception as exc:
+                log.warning("refused %s: activation state unknown: %s", info.device_id, exc)
+                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "activation state unknown, retry later\n")
+            if not activated:
+                log.info("refused %s: not activated", info.device_id)
+                return connection.respond(
+                    HTTPStatus.UNAUTHORIZED, "unauthorized: device not activated (run the OTA check for a code)\n"
+                )
         self._infos[id(connection)] = info
         return None
 

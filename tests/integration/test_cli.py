@@ -47,11 +47,11 @@ async def test_db_status_and_upgrade_on_a_fresh_database(tmp_path: Path, fresh_d
     before = await xiaozhi("-c", cfg, "db", "status")
     assert before.returncode == 3 and "PENDING (run: xiaozhi db upgrade)" in before.stdout
     up = await xiaozhi("-c", cfg, "db", "upgrade")
-    assert up.returncode == 0 and "applied 0001_init" in up.stdout
+    assert up.returncode == 0 and "applied 0001_init" in up.stdout and "applied 0002_device_activation" in up.stdout
     again = await xiaozhi("-c", cfg, "db", "upgrade")
     assert again.returncode == 0 and "already up to date" in again.stdout
     after = await xiaozhi("-c", cfg, "db", "status")
-    assert after.returncode == 0 and "schema version 1 of 1" in after.stdout
+    assert after.returncode == 0 and "schema version 2 of 2" in after.stdout
 
 
 async def test_retention_dry_run_then_run_and_sessions_listing(
