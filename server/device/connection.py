@@ -42,6 +42,9 @@ UPLINK_RATE = 16000  # every uplink is decoded at 16 kHz: what VAD and ASR want 
 PREROLL_S = 0.3  # audio kept before the VAD's speech start
 PAD_S = 0.2  # audio kept around the speech segment when it is saved
 MAX_UTTERANCE_S = 60.0
+# A decoder started in the middle of a stream glitches on its first packet (measured: Whisper then heard "Below
+# now" for "Hello now"); decoding the two packets before the segment first, and dropping them, avoids it.
+WARMUP_PACKETS = 2
 LEVEL_EVERY_S = 0.2
 
 DeviceState = Literal["connecting", "idle", "listening", "speaking", "closed"]
@@ -65,6 +68,7 @@ class Utterance:
 
     text: str | None = None
     packets: list[bytes] = field(default_factory=list)
+    warmup: list[bytes] = field(default_factory=list)  # packets just before: they prime the decoder, then dropped
     pcm: np.ndarray | None = None
     source: Literal["voice", "text", "wake_word"] = "voice"
 
@@ -264,8 +268,12 @@ class DeviceConnection:
             return
         match message:
             case messages.Listen(state="start", mode=mode):
-                self.listen_mode = mode or "auto"
-                self._start_listening()
+                mode = mode or "auto"
+                # In realtime mode the mic never closed: the firmware's `listen start` after our `tts stop` (or a
+                # barge-in's) continues the same stream, and resetting it would cut off the words being said.
+                continuing = self.listening and self.listen_mode == "realtime" and mode == "realtime"
+                self.listen_mode = mode
+                self._start_listening(fresh=not continuing)
             case messages.Listen(state="stop"):
                 self._finish_manual_utterance()
             case messages.Listen(state="detect", text=text_input):
@@ -332,12 +340,13 @@ class DeviceConnection:
         while self._chunks and self._chunks[0].offset + self._chunks[0].samples < keep_from:
             self._chunks.popleft()
 
-    def _start_listening(self) -> None:
+    def _start_listening(self, fresh: bool = True) -> None:
         self.listening = True
-        # A fresh utterance scale: the VAD forgets a segment a push-to-talk `listen stop` cut short, and the
-        # buffer offsets restart with it.
-        self._vad.reset()
-        self._restart_scale()
+        if fresh:
+            # A fresh utterance scale: the VAD forgets a segment a push-to-talk `listen stop` cut short, and the
+            # buffer offsets restart with it.
+            self._vad.reset()
+            self._restart_scale()
         if self.state != "speaking":
             self.set_state("listening")
 
@@ -387,10 +396,11 @@ class DeviceConnection:
         """The speech only (VAD-trimmed, with a little padding) — not the silence around it."""
         lo = start - int(PAD_S * UPLINK_RATE)
         hi = end + int(PAD_S * UPLINK_RATE)
+        before = [c for c in self._chunks if c.offset + c.samples <= lo][-WARMUP_PACKETS:]
         chunks = [c for c in self._chunks if c.offset + c.samples > lo and c.offset < hi]
         while self._chunks and self._chunks[0].offset < hi:  # later audio may already hold the next utterance
             self._chunks.popleft()
-        return Utterance(packets=[c.packet for c in chunks])
+        return Utterance(packets=[c.packet for c in chunks], warmup=[c.packet for c in before])
 
     def _finish_manual_utterance(self) -> None:
         self.listening = False

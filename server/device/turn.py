@@ -101,7 +101,7 @@ async def _user_text(conn: DeviceConnection, utterance: Utterance) -> str:
         return utterance.text
     pcm = utterance.pcm
     if pcm is None and utterance.packets:
-        pcm = await asyncio.to_thread(decode_packets, utterance.packets, conn.uplink_rate)
+        pcm = await asyncio.to_thread(decode_packets, utterance.packets, conn.uplink_rate, utterance.warmup)
     if pcm is None or not len(pcm):
         return ""
     async with asyncio.timeout(ASR_TIMEOUT_S):
@@ -187,17 +187,22 @@ class Speaker:
         self._count = 0
 
     async def __aenter__(self) -> Speaker:
-        self._player = asyncio.create_task(self._play(), name=f"speaker:{self.conn.device_id}")
         return self
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
-            await self.drain()
+            try:
+                await self.drain()
+            except BaseException:  # cancelled (abort, barge-in, disconnect) while the last sentences play
+                await self._cancel()
+                raise
         else:
             await self._cancel()
 
     async def say(self, sentence: str) -> None:
         self._raise_if_failed()
+        if self._player is None:
+            self._player = asyncio.create_task(self._play(), name=f"speaker:{self.conn.device_id}")
         await self._slots.acquire()
         self._raise_if_failed()
         priority = FIRST if self._count == 0 else AHEAD
@@ -209,21 +214,18 @@ class Speaker:
 
     async def drain(self) -> None:
         """Wait until everything said so far has been sent; raises what the player failed with."""
-        assert self._player is not None
-        if self._player.done():
-            self._player.result()
+        player = self._player
+        if player is None:
             return
-        self._queue.put_nowait(None)
-        try:
-            await asyncio.shield(self._player)
-        finally:
-            if self._player.done() and not self._player.cancelled() and self._player.exception() is None:
-                self._player = asyncio.create_task(self._play(), name=f"speaker:{self.conn.device_id}")
+        if not player.done():
+            self._queue.put_nowait(None)
+            await asyncio.shield(player)
+        self._player = None  # the next `say` starts a new one
+        player.result()
 
     def _raise_if_failed(self) -> None:
         if self._player is not None and self._player.done():
-            self._player.result()
-            raise RuntimeError("the speaker stopped")  # pragma: no cover - _play only ends on None or an error
+            self._player.result()  # raises the player's error (it only ends early by failing)
 
     async def _cancel(self) -> None:
         tasks = [t for t in (*self._pending, self._player) if t is not None]
@@ -233,6 +235,7 @@ class Speaker:
                 tasks.append(item[1])
         for task in tasks:
             task.cancel()
+            task.add_done_callback(_retrieve)  # even if this wait is itself cancelled (abort, then disconnect)
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _play(self) -> None:
@@ -256,6 +259,11 @@ class Speaker:
         except BaseException:
             self._slots.release()  # wake a `say` waiting for a slot, so it sees the failure
             raise
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _store_message(conn: DeviceConnection, role: str, content: str, **fields: Any) -> None:

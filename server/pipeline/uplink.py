@@ -21,6 +21,7 @@ import multiprocessing
 import signal
 import threading
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -159,9 +160,18 @@ def _decode(decoder: OpusDecoder, packets: list[tuple[bytes, int]]) -> tuple[np.
     return (parts[0] if len(parts) == 1 else np.concatenate(parts)), bad
 
 
-def decode_packets(packets: list[bytes], sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """A stretch of one stream's packets → int16 PCM (fresh decoder; rejected packets are skipped)."""
+def decode_packets(
+    packets: Sequence[bytes], sample_rate: int = SAMPLE_RATE, warmup: Sequence[bytes] = ()
+) -> np.ndarray:
+    """A stretch of one stream's packets → int16 PCM (rejected packets are skipped).
+
+    ``warmup``: the packets just before the stretch; decoded first and dropped, so the decoder's state is that
+    of the stream rather than a cold start.
+    """
     decoder = OpusDecoder(sample_rate)
+    for packet in warmup:
+        with contextlib.suppress(InvalidOpusPacket):
+            decoder.decode(packet)
     parts = []
     for packet in packets:
         with contextlib.suppress(InvalidOpusPacket):

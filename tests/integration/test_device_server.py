@@ -372,3 +372,25 @@ async def test_wake_word_with_greetings_off_is_acknowledged_without_a_turn(runti
         await device.close()
     finally:
         await srv.stop()
+
+
+async def test_an_oversize_frame_closes_with_1009_and_the_session_is_kept(
+    server: DeviceServer, runtime: StorageRuntime
+) -> None:
+    device = await ScriptedDevice.connect(server.websocket_url())
+    hello = await device.hello()
+    await device.say("hello")
+    limit = server.settings.server.max_frame_bytes
+    await device.ws.send(b"\x58" * (limit + 1))
+    with pytest.raises(ConnectionClosed) as closed:
+        await device.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009  # "message too big"
+    # What was said before is stored and the session ended; the server takes the next connection.
+    await wait_until(lambda: not server.ctx.connections)  # type: ignore[union-attr]
+    await runtime.bus.drain()  # type: ignore[union-attr]
+    assert [m.role for m in await runtime.store.timeline(hello["session_id"])] == ["user", "assistant"]  # type: ignore[union-attr]
+    assert (await runtime.store.get_session(hello["session_id"])).status == "ended"  # type: ignore[union-attr]
+    again = await ScriptedDevice.connect(server.websocket_url())
+    await again.hello()
+    assert (await again.say("hello")).audio
+    await again.close()

@@ -302,3 +302,41 @@ async def test_a_killed_uplink_worker_is_replaced_and_the_device_is_still_heard(
     assert "time" in (report.stt or "").lower(), report.stt
     assert server.ctx.vad.pid not in (None, pid)
     await client.close()
+
+
+async def test_realtime_mode_keeps_listening_while_speaking_and_speech_barges_in(
+    server: DeviceServer, identity: DeviceIdentity, tmp_path: Path
+) -> None:
+    first = FileSource(espeak_wav(tmp_path / "a.wav", "tell me a long story please"))
+    second = FileSource(espeak_wav(tmp_path / "b.wav", "what time is it"))
+    client = DeviceClient(server.websocket_url(), identity)
+    events = client.events()
+    await client.connect()
+    encoder = UplinkEncoder()
+    await client.listen_start("realtime")
+    for frame in first.frames():
+        await client.send_opus(encoder.encode(frame))
+        await asyncio.sleep(0.06)
+    client.mark_end_of_speech()
+    for frame in SilenceSource(1000).frames():
+        await client.send_opus(encoder.encode(frame))
+        await asyncio.sleep(0.06)
+    await events.next(AudioPlayed, timeout=30)
+    assert client.state == "speaking"
+    # The mic stays open while the device speaks: the user talks over the reply.
+    sent_while_speaking = 0
+    for frame in second.frames():
+        sent_while_speaking += await client.send_opus(encoder.encode(frame))
+        await asyncio.sleep(0.06)
+    assert sent_while_speaking > 0
+    client.mark_end_of_speech()
+    for frame in SilenceSource(1000).frames():
+        await client.send_opus(encoder.encode(frame))
+        await asyncio.sleep(0.06)
+    [interrupted] = client.turns  # the barge-in ended the reply while the user was still talking
+    assert "story" in (interrupted.stt or "").lower(), interrupted.stt
+    assert interrupted.ended_by == "tts_stop" and not interrupted.clean, "the reply was cut short by the barge-in"
+    answered = await client.wait_for_turn(timeout=60)
+    assert "what time" in (answered.stt or "").lower(), answered.stt
+    assert client.listen_mode == "realtime"
+    await client.close()
