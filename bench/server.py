@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import psutil
 
+from server import event_loop
 from server.audio.pacer import AudioPacer
 from server.config import ServerSettings, Settings
 from server.device.connection import DeviceConnection
@@ -967,7 +968,7 @@ def main() -> None:
     parser.add_argument("--gc-freeze", action="store_true", help="experiment: gc.freeze() the server's start-up heap")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    asyncio.run(run(args))
+    event_loop.run(run(args))  # the loop `xiaozhi server` runs on
 
 
 if __name__ == "__main__":

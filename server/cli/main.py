@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
+from server import event_loop
 from server.config import ConfigError, Settings, load_settings, redacted
 from server.runtime import StorageRuntime
 from server.services.errors import ServiceStartError
@@ -133,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return asyncio.run(_stop_on_sigterm(args.run(args, settings)))
+        return event_loop.run(_stop_on_sigterm(args.run(args, settings)))
     except KeyboardInterrupt:
         return 130
     except asyncio.CancelledError:

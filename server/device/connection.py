@@ -101,6 +101,9 @@ class DeviceConnection:
         self._turn: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_level = 0.0
+        self._last_rx = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_close: asyncio.Task[None] | None = None
         self.history: list[Any] = []  # the LLM conversation of this session (pipeline ChatMessage objects)
         self.context_ready: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self.system_prompt = settings.system_prompt
@@ -244,20 +247,32 @@ class DeviceConnection:
     # ---- receiving ------------------------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
+        # One idle timer per connection, re-armed only when it fires, instead of a timeout per message: the
+        # loop receives thousands of frames a second from hundreds of devices.
+        loop = asyncio.get_running_loop()
         idle = self.ctx.settings.idle_timeout_s
-        while True:
-            try:
-                async with asyncio.timeout(idle):
-                    message = await self.ws.recv()
-            except TimeoutError:
-                if self.state == "speaking":
-                    continue  # the device is listening to us; it sends nothing meanwhile
-                await self.ws.close(CLOSE_IDLE, "idle")
-                return
-            if isinstance(message, str):
-                await self._on_text(message)
-            else:
-                await self._on_binary(message)
+        self._last_rx = loop.time()
+        self._idle_timer = loop.call_later(idle, self._check_idle, idle)
+        try:
+            while True:
+                message = await self.ws.recv()
+                self._last_rx = loop.time()
+                if isinstance(message, str):
+                    await self._on_text(message)
+                else:
+                    await self._on_binary(message)
+        finally:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+
+    def _check_idle(self, idle: float) -> None:
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - self._last_rx
+        if quiet >= idle and self.state != "speaking":  # while speaking the device listens; it sends nothing
+            self._idle_timer = None
+            self._idle_close = loop.create_task(self.ws.close(CLOSE_IDLE, "idle"))  # the receive loop then ends
+            return
+        self._idle_timer = loop.call_later(idle - quiet if quiet < idle else idle, self._check_idle, idle)
 
     async def _on_text(self, text: str | bytes) -> None:
         try:

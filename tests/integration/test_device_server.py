@@ -394,3 +394,26 @@ async def test_an_oversize_frame_closes_with_1009_and_the_session_is_kept(
     await again.hello()
     assert (await again.say("hello")).audio
     await again.close()
+
+
+async def test_a_silent_device_is_closed_as_idle_but_not_while_it_listens_to_a_reply(runtime: StorageRuntime) -> None:
+    srv = DeviceServer(server_settings(runtime, idle_timeout_s=1.0), runtime=runtime)
+    await srv.start()
+    try:
+        quiet = await ScriptedDevice.connect(srv.websocket_url())
+        await quiet.hello()
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await quiet.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
+        assert 0.9 < asyncio.get_running_loop().time() - started < 5
+
+        # A reply much longer than the idle timeout plays to its end: the device sends nothing meanwhile.
+        listener = await ScriptedDevice.connect(srv.websocket_url(), device_id="aa:bb:cc:dd:ee:02")
+        await listener.hello()
+        reply = await listener.say("tell me a long story please, with many many words in it, as long as it can be")
+        assert len(reply.audio) * 0.06 > 2.0 and reply.of_type("tts", "stop")
+        await listener.close()
+    finally:
+        await srv.stop()
