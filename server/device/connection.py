@@ -124,6 +124,9 @@ class DeviceConnection:
             frame = framing.BinaryFrame("audio", packet, int((time.monotonic() - self.connected_at) * 1000))
             await self.ws.send(framing.encode_frame(self.version, frame))
         self.stats["frames_out"] += 1
+        if self.ctx.live.wants_audio(self.device_id):
+            self.ctx.live.emit("downlink", self.device_id, self.session_id, packet=packet,
+                               sample_rate=self.downlink_rate)  # fmt: skip
 
     async def _send_mcp(self, payload: dict[str, Any]) -> None:
         await self.send_json(messages.mcp(self.session_id, payload))
@@ -344,6 +347,8 @@ class DeviceConnection:
         self._samples += samples
         self._vad.push(packet, samples)  # in every mode, so VAD offsets and buffer offsets stay one scale
         self._trim_chunks()
+        if self.ctx.live.wants_audio(self.device_id):
+            self.ctx.live.emit("uplink", self.device_id, self.session_id, packet=packet, sample_rate=UPLINK_RATE)
 
     def _trim_chunks(self) -> None:
         if self._in_speech or self.listen_mode == "manual":
@@ -434,6 +439,36 @@ class DeviceConnection:
         if self._turn is not None and not self._turn.done():
             self._turn.cancel()  # a new utterance replaces the reply still being spoken
         self._turn = self.spawn(run_turn(self, utterance), "turn")
+
+    def summary(self) -> dict[str, Any]:
+        """What an operator sees of this connection (the console's live view)."""
+        return {
+            "device_id": self.device_id,
+            "session_id": self.session_id,
+            "client_id": self.info.client_id,
+            "protocol_version": self.version,
+            "state": self.state,
+            "listen_mode": self.listen_mode,
+            "codec": "opus",
+            "uplink_frame_ms": self.uplink_frame_ms,
+            "downlink_rate": self.downlink_rate,
+            "connected_s": round(time.monotonic() - self.connected_at, 1),
+            **self.stats,
+        }
+
+    async def operator_command(self, command: str, message: str = "") -> None:
+        """``alert`` (shown on the screen), ``reboot`` (system command), ``goodbye`` (close the audio channel)."""
+        if command == "alert":
+            await self.send_json(messages.alert(self.session_id, "info", message or "message from the operator",
+                                                "neutral"))  # fmt: skip
+        elif command == "reboot":
+            await self.send_json(messages.system_reboot(self.session_id))
+        elif command == "goodbye":
+            await self.send_json(messages.goodbye(self.session_id))
+            await self.ws.close(1000, "goodbye")
+        else:
+            raise ValueError(f"unknown device command {command!r} (alert, reboot or goodbye)")
+        self.ctx.live.emit("command", self.device_id, self.session_id, command=command, message=message)
 
     async def abort(self) -> None:
         """Silence within one frame: stop the turn, forget the device's queue, say so."""

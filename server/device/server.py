@@ -60,7 +60,7 @@ class DeviceServer:
         self._vad_task: asyncio.Task[None] | None = None
         self._warmup: asyncio.Task[None] | None = None
         self._infos: dict[int, ConnectionInfo] = {}
-        self._live_filters: dict[int, str | None] = {}
+        self._live_filters: dict[int, tuple[str | None, bool]] = {}
         self._relay: PgLiveRelay | None = None
         self.registry: DeviceRegistry | None = None
         self.ws_port = 0
@@ -167,6 +167,22 @@ class DeviceServer:
             stats["spooled_events"] = len(self.runtime.bus.spool)
         return stats
 
+    # ---- operators ------------------------------------------------------------------------------
+
+    def devices(self) -> list[dict[str, Any]]:
+        """The connected devices of this server, oldest connection first."""
+        assert self.ctx is not None
+        return [conn.summary() for conn in self.ctx.connections.values()]
+
+    async def command(self, device_id: str, command: str, message: str = "") -> None:
+        """Send ``alert``/``reboot``/``goodbye`` to every connection of ``device_id`` (LookupError if none)."""
+        assert self.ctx is not None
+        targets = [c for c in self.ctx.connections.values() if c.device_id == device_id]
+        if not targets:
+            raise LookupError(f"device {device_id} is not connected to this server")
+        for conn in targets:
+            await conn.operator_command(command, message)
+
     # ---- handshake and connections --------------------------------------------------------------
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -209,18 +225,23 @@ class DeviceServer:
     def _authorize_live(
         self, connection: ServerConnection, request: Request, query: dict[str, list[str]]
     ) -> Response | None:
-        """Remote consoles: ``/xiaozhi/live?device=…`` with ``Authorization: Bearer <server.live_token>``."""
+        """Remote consoles: ``/xiaozhi/live?device=…[&audio=1]`` with ``Authorization: Bearer <server.live_token>``
+        (``audio=1``: also the device's uplink/downlink opus frames, base64 in the JSON)."""
         expected = self.settings.server.live_token.get_secret_value()
         if not expected:
             return connection.respond(HTTPStatus.FORBIDDEN, "the live feed is off: set server.live_token\n")
         given = parse_authorization(request.headers.get("Authorization", "")) or (query.get("token") or [""])[0]
         if not hmac.compare_digest(given.encode(), expected.encode()):
             return connection.respond(HTTPStatus.UNAUTHORIZED, "unauthorized: bad live token\n")
-        self._live_filters[id(connection)] = (query.get("device") or [None])[0]
+        device = (query.get("device") or [None])[0]
+        audio = (query.get("audio") or ["0"])[0] in ("1", "true", "yes")
+        if audio and device is None:
+            return connection.respond(HTTPStatus.BAD_REQUEST, "listening in (audio=1) needs device=…\n")
+        self._live_filters[id(connection)] = (device, audio)
         return None
 
-    async def _stream_live(self, connection: ServerConnection, device: str | None) -> None:
-        subscription = self.live.subscribe(device_id=device)
+    async def _stream_live(self, connection: ServerConnection, device: str | None, audio: bool) -> None:
+        subscription = self.live.subscribe(device_id=device, audio=audio)
 
         async def pump() -> None:
             with contextlib.suppress(ConnectionClosed):
@@ -238,7 +259,7 @@ class DeviceServer:
 
     async def _handle(self, connection: ServerConnection) -> None:
         if id(connection) in self._live_filters:
-            await self._stream_live(connection, self._live_filters.pop(id(connection)))
+            await self._stream_live(connection, *self._live_filters.pop(id(connection)))
             return
         info = self._infos.pop(id(connection))
         assert self.ctx is not None

@@ -14,9 +14,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from server.config import DatabaseSettings, EventSettings, PipelineSettings, ServerSettings, Settings
 from server.device.server import DeviceServer
+from server.live.feed import LiveEvent
 from server.protocol.auth import make_token
 from server.runtime import StorageRuntime
 from server.storage.conversation_store import ConversationStore
+from simulator import Alert, DeviceClient, ServerCommand, load_identity
 from tests.conftest import minio_settings
 from tests.support.device import VOLUME_TOOL, ScriptedDevice
 from tests.support.proxy import FaultProxy
@@ -417,3 +419,85 @@ async def test_a_silent_device_is_closed_as_idle_but_not_while_it_listens_to_a_r
         await listener.close()
     finally:
         await srv.stop()
+
+
+async def test_listen_in_gets_the_devices_own_uplink_and_downlink_frames(server: DeviceServer) -> None:
+    device = await ScriptedDevice.connect(server.websocket_url())
+    bystander = server.live.subscribe()  # not listening in: no audio frames
+    await device.hello()
+    assert not server.live.wants_audio("aa:bb:cc:dd:ee:01")
+    listening = server.live.subscribe(device_id="aa:bb:cc:dd:ee:01", audio=True, maxsize=4096)
+    assert server.live.wants_audio("aa:bb:cc:dd:ee:01")
+    await device.send_json({"type": "listen", "state": "start", "mode": "auto"})
+    sent = to_opus_packets(np.concatenate([spoken_pcm16k("what time is it"), silence(1200)]))
+    for packet in sent:
+        await device.send_audio(packet)
+    reply = await device.until_tts_stop(timeout=60)
+    events = listening.drain()
+    heard = [e.data["packet"] for e in events if e.kind == "uplink"]
+    spoken = [e.data["packet"] for e in events if e.kind == "downlink"]
+    assert heard == sent[: len(heard)] and len(heard) >= len(sent) - 2  # the mic closes when the reply starts
+    assert spoken == [p for _, p in reply.audio]
+    assert {e.data["sample_rate"] for e in events if e.kind == "downlink"} == {24000}
+    assert not [e for e in bystander.drain() if e.kind in ("uplink", "downlink")]
+    listening.close()
+    assert not server.live.wants_audio("aa:bb:cc:dd:ee:01"), "nobody listens: frames are no longer produced"
+    bystander.close()
+    await device.close()
+
+
+async def test_remote_listen_in_carries_frames_as_base64(runtime: StorageRuntime) -> None:
+    srv = DeviceServer(server_settings(runtime, live_token="t"), runtime=runtime)
+    await srv.start()
+    live_url = srv.websocket_url().replace("/xiaozhi/v1/", "/xiaozhi/live")
+    auth = {"Authorization": "Bearer t"}
+    try:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(live_url + "?audio=1", additional_headers=auth, open_timeout=5)
+        assert refused.value.response.status_code == 400
+        console = await connect(live_url + "?device=aa:bb:cc:dd:ee:01&audio=1", additional_headers=auth)
+        device = await ScriptedDevice.connect(srv.websocket_url())
+        await device.hello()
+        reply = await device.say("hello")
+        frames = []
+        async with asyncio.timeout(10):
+            while len(frames) < len(reply.audio):
+                event = LiveEvent.from_json(json.loads(await console.recv()))
+                if event.kind == "downlink":
+                    frames.append(event.data["packet"])
+        assert frames == [p for _, p in reply.audio]
+        await console.close()
+        await device.close()
+    finally:
+        await srv.stop()
+
+
+async def test_operator_commands_reach_the_device(server: DeviceServer, identity_dir: Path) -> None:
+    client = DeviceClient(server.websocket_url(), load_identity(identity_dir))
+    events = client.events()
+    await client.connect()
+    [summary] = server.devices()
+    assert summary["device_id"] == client.identity.device_id and summary["state"] in ("idle", "listening")
+    await server.command(client.identity.device_id, "alert", "maintenance at 22:00")
+    alert = await events.next(Alert, timeout=5)
+    assert alert.message == "maintenance at 22:00"
+    with pytest.raises(ValueError, match="unknown device command"):
+        await server.command(client.identity.device_id, "explode")
+    await server.command(client.identity.device_id, "reboot")
+    assert (await events.next(ServerCommand, timeout=5)).command == "reboot"
+    await wait_until(lambda: not server.ctx.connections)  # type: ignore[union-attr]
+    with pytest.raises(LookupError, match="not connected"):
+        await server.command(client.identity.device_id, "alert", "anyone?")
+    await client.close()
+    again = DeviceClient(server.websocket_url(), load_identity(identity_dir))
+    events = again.events()
+    await again.connect()
+    await server.command(again.identity.device_id, "goodbye")
+    assert (await events.next(ServerCommand, timeout=5)).command == "goodbye"
+    await wait_until(lambda: not server.ctx.connections)  # type: ignore[union-attr]
+    await again.close()
+
+
+@pytest.fixture
+def identity_dir(tmp_path: Path) -> Path:
+    return tmp_path / "simulator"
