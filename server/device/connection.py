@@ -45,6 +45,7 @@ MAX_UTTERANCE_S = 60.0
 # A decoder started in the middle of a stream glitches on its first packet (measured: Whisper then heard "Below
 # now" for "Hello now"); decoding the two packets before the segment first, and dropping them, avoids it.
 WARMUP_PACKETS = 2
+MAX_BUFFERED_PACKETS = 2 * int(MAX_UTTERANCE_S * 1000 / 20)  # two utterances' worth of the smallest (20 ms) frames
 LEVEL_EVERY_S = 0.2
 
 DeviceState = Literal["connecting", "idle", "listening", "speaking", "closed"]
@@ -344,9 +345,10 @@ class DeviceConnection:
             self.stats["bad_packets"] += 1
             return
         self._chunks.append(UplinkChunk(self._samples, packet, samples))
+        if len(self._chunks) > MAX_BUFFERED_PACKETS:  # a hard bound, whatever the VAD's progress
+            self._chunks.popleft()
         self._samples += samples
         self._vad.push(packet, samples)  # in every mode, so VAD offsets and buffer offsets stay one scale
-        self._trim_chunks()
         if self.ctx.live.wants_audio(self.device_id):
             self.ctx.live.emit("uplink", self.device_id, self.session_id, packet=packet, sample_rate=UPLINK_RATE)
 
@@ -392,6 +394,7 @@ class DeviceConnection:
             self.on_vad(report.events)
         if not self._vad.reset_pending:
             self._vad_reported = self._vad.evaluated_samples
+        self._trim_chunks()  # once per tick, not per frame: what may go only changes with the VAD's progress
 
     def on_vad(self, events: list[VadEvent]) -> None:
         if self.listen_mode == "manual":
