@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml packaging/system-packages.txt packaging/ensure-system-p
 	touch $(STAMP)
 
 run: setup
-	$(VENV)/bin/xiaozhi demo
+	$(VENV)/bin/xiaozhi console
 
 test: setup
 	$(VENV)/bin/ruff check .

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
+from console.cli import add_console_parser
 from server import event_loop
 from server.config import ConfigError, Settings, load_settings, redacted
 from server.runtime import StorageRuntime
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--exit", action="store_true", help="exit after storing instead of waiting for Ctrl+C")
     demo.set_defaults(run=cmd_demo)
 
+    add_console_parser(sub)
     return parser
 
 
