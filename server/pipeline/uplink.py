@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 __all__ = ["StreamReport", "UplinkAnalyzer", "UplinkStream", "decode_packets"]
 
 STOP_TIMEOUT_S = 5.0
+REPLY_TIMEOUT_S = 10.0  # a worker that takes longer for one tick is hung (a tick's work is tens of milliseconds)
 
 
 @dataclass(slots=True)
@@ -185,8 +186,14 @@ def decode_packets(
 class UplinkAnalyzer:
     """``open``/``close`` streams, ``push`` packets to them, and ``await run()`` once per tick (one at a time)."""
 
-    def __init__(self, config: VadConfig | None = None, model_path: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        config: VadConfig | None = None,
+        model_path: str | Path | None = None,
+        reply_timeout_s: float = REPLY_TIMEOUT_S,
+    ) -> None:
         self.config = config or VadConfig()
+        self.reply_timeout_s = reply_timeout_s
         self.model_path = str(model_path) if model_path is not None else None
         self._streams: dict[int, UplinkStream] = {}
         self._opened: list[UplinkStream] = []
@@ -244,6 +251,8 @@ class UplinkAnalyzer:
         with self._pipe_lock:
             conn = self._ensure_worker()
             conn.send(request)
+            if not conn.poll(self.reply_timeout_s):
+                raise TimeoutError(f"no answer within {self.reply_timeout_s:g} s")
             return conn.recv()
 
     def _stop_worker(self) -> None:
@@ -289,7 +298,7 @@ class UplinkAnalyzer:
             reply = await asyncio.to_thread(self._exchange, (opened, closed, items))
             if isinstance(reply, tuple):
                 raise RuntimeError(f"uplink worker failed: {reply[1]}")
-        except (EOFError, OSError, RuntimeError) as exc:
+        except (EOFError, OSError, RuntimeError) as exc:  # OSError includes TimeoutError (a hung worker)
             log.error("uplink worker lost (%s); starting a new one, every stream starts over", exc)
             return await self._restart()
         finally:

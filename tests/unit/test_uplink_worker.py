@@ -109,7 +109,7 @@ async def test_a_killed_worker_is_replaced_and_every_stream_starts_over(packets:
         pid = analyzer.pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        await wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), timeout=10)
+        await wait_until(lambda: _gone(pid), timeout=10)
         a.push(packets[5], 960)
         reports = await analyzer.run()
         assert {i: r.restarted for i, r in reports.items()} == {a.id: True, b.id: True}
@@ -127,9 +127,32 @@ def test_decode_packets_gives_the_segment_pcm(packets: list[bytes]) -> None:
     assert pcm.dtype == np.int16 and len(pcm) == 6 * 960
 
 
+def _gone(pid: int) -> bool:
+    return not os.path.exists(f"/proc/{pid}") or _zombie(pid)
+
+
 def _zombie(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split()[2] == "Z"
     except FileNotFoundError:
         return True
+
+
+async def test_a_hung_worker_is_replaced(packets: list[bytes]) -> None:
+    analyzer = UplinkAnalyzer(reply_timeout_s=1.0)
+    await analyzer.start()
+    try:
+        stream = analyzer.open()
+        await feed(analyzer, [stream], packets[:3])
+        pid = analyzer.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # alive but answering nothing
+        stream.push(packets[3], 960)
+        reports = await analyzer.run()
+        assert reports[stream.id].restarted and analyzer.restarts == 1
+        got = await feed(analyzer, [stream], packets)
+        assert [e.kind for r in got[stream.id] for e in r.events] == ["speech_start", "speech_end"]
+        assert _gone(pid), "the hung worker was killed"
+    finally:
+        await analyzer.stop()
