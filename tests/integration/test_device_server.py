@@ -12,9 +12,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from server.audio.decoder import OpusDecoder
 from server.config import DatabaseSettings, EventSettings, PipelineSettings, ServerSettings, Settings
 from server.device.server import DeviceServer
 from server.live.feed import LiveEvent
+from server.pipeline.tts import EspeakTts
 from server.protocol.auth import make_token
 from server.runtime import StorageRuntime
 from server.storage.conversation_store import ConversationStore
@@ -501,3 +503,23 @@ async def test_operator_commands_reach_the_device(server: DeviceServer, identity
 @pytest.fixture
 def identity_dir(tmp_path: Path) -> Path:
     return tmp_path / "simulator"
+
+
+async def test_a_16khz_downlink_is_announced_and_spoken_at_16khz(runtime: StorageRuntime) -> None:
+    srv = DeviceServer(server_settings(runtime, downlink_sample_rate=16000), runtime=runtime)
+    await srv.start()
+    try:
+        device = await ScriptedDevice.connect(srv.websocket_url())
+        hello = await device.hello()
+        assert hello["audio_params"]["sample_rate"] == 16000
+        reply = await device.say("hello")
+        decoder = OpusDecoder(16000)
+        pcm = [decoder.decode(p) for _, p in reply.audio]
+        assert {len(f) for f in pcm} == {960}, "60 ms frames at 16 kHz"
+        sentences = [m["text"] for m in reply.of_type("tts", "sentence_start")]
+        spoken = sum([len(await EspeakTts(sample_rate=16000).synthesize(s)) for s in sentences]) / 16000
+        # As long as the speech itself (each sentence's last frame is padded): not slowed down or sped up.
+        assert spoken <= len(pcm) * 0.06 <= spoken + 0.06 * len(sentences) + 0.01
+        await device.close()
+    finally:
+        await srv.stop()
