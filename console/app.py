@@ -4,6 +4,7 @@ the window is up, so the window is interactive at once and every load shows a bu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -185,4 +186,7 @@ def run_gui(settings: Settings, options: ConsoleOptions) -> int:
         signal.signal(signal.SIGTERM, lambda *_: console.window.close())
         return loop.run_until_complete(console.run_until_closed())
     finally:
+        # qasync's default executor runs on QThreads: stop them while Qt is alive (else Qt aborts at exit)
+        with contextlib.suppress(Exception):
+            loop.close()
         asyncio.set_event_loop(None)

@@ -2,7 +2,7 @@
 firmware's state machine and playback model, MCP tools, audio inputs and recording.  No Qt here."""
 
 from simulator.client import ConnectionStats, DeviceClient
-from simulator.errors import SimulatorError
+from simulator.errors import ChannelUnavailable, SimulatorError
 from simulator.events import (
     Alert,
     AudioPlayed,
@@ -31,6 +31,7 @@ __all__ = [
     "Activation",
     "Alert",
     "AudioPlayed",
+    "ChannelUnavailable",
     "ConnectionStats",
     "ConversationRecorder",
     "DeviceClient",

@@ -45,7 +45,7 @@ from server.protocol.server_messages import (
     ServerTts,
     parse_server_message,
 )
-from simulator.errors import SimulatorError
+from simulator.errors import ChannelUnavailable, SimulatorError
 from simulator.events import (
     Alert,
     AudioPlayed,
@@ -269,15 +269,16 @@ class DeviceClient:
             status = exc.response.status_code
             body = _one_line(exc.response.body.decode("utf-8", "replace")) if exc.response.body else ""
             phrase = exc.response.reason_phrase
-            raise SimulatorError(
+            error = ChannelUnavailable if status >= 500 else SimulatorError
+            raise error(
                 f"server refused the connection: HTTP {status} {phrase}" + (f": {body}" if body else "")
             ) from None
         except InvalidURI as exc:
             raise SimulatorError(f"bad WebSocket URL {url!r}: {exc}") from None
         except TimeoutError:
-            raise SimulatorError(f"connecting to {url} timed out after {self.open_timeout_s:g} s") from None
+            raise ChannelUnavailable(f"connecting to {url} timed out after {self.open_timeout_s:g} s") from None
         except OSError as exc:
-            raise SimulatorError(f"cannot connect to {url}: {_one_line(exc.strerror or str(exc))}") from None
+            raise ChannelUnavailable(f"cannot connect to {url}: {_one_line(exc.strerror or str(exc))}") from None
         except InvalidHandshake as exc:
             raise SimulatorError(f"WebSocket handshake with {url} failed: {_one_line(str(exc))}") from None
 
@@ -308,10 +309,10 @@ class DeviceClient:
                         continue
                     return message
         except TimeoutError:
-            raise SimulatorError(f"server hello missing or late: none within {self.hello_timeout_s:g} s") from None
+            raise ChannelUnavailable(f"server hello missing or late: none within {self.hello_timeout_s:g} s") from None
         except ConnectionClosed as exc:
             code, reason = (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, "")
-            raise SimulatorError(f"server closed the connection before its hello (code {code}: {reason})") from None
+            raise ChannelUnavailable(f"server closed the connection before its hello (code {code}: {reason})") from None
 
     async def close(self) -> None:
         """Close the audio channel (the firmware's CloseAudioChannel) and return to idle."""
@@ -397,6 +398,14 @@ class DeviceClient:
         await self.send_json(message)
         if self.state == "speaking" and self._turn.aborted_at is None:
             self._turn.aborted_at = self.clock()
+
+    async def interrupt(self) -> None:
+        """Barge-in: while a reply is being spoken, ``abort`` it and stop playing at once (the firmware
+        flushes its queue on leaving speaking); the reply's report says it was interrupted."""
+        if self.state != "speaking":
+            return
+        await self.abort()
+        self._leave_speaking("listen", "idle")
 
     async def send_opus(self, packet: bytes) -> bool:
         """One 60 ms mic packet. Returns False (not sent) when the firmware's mic would be off: outside

@@ -8,7 +8,9 @@ real player keeps, and counts what went wrong:
 
 * ``dropped``: arrived while 40 packets were queued (the server sent too fast);
 * ``late``: arrived after the player had run dry, i.e. an audible gap (the server sent too slowly);
-* ``clipped``: still queued when ``tts stop`` came (the server stopped before the tail had played).
+* ``clipped``: still queued when ``tts stop`` came (the server stopped before the tail had played);
+* ``jitter_ms``: per frame, |inter-arrival time − frame duration|, after the utterance's opening burst
+  (a paced server sends its prebuffer back to back, which is not jitter).
 
 Time is read from an injectable monotonic clock and the queue is advanced lazily whenever it is touched,
 so accounting is exact whatever the caller's polling rate, and tests can run it on a fake clock.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["MAX_QUEUED_FRAMES", "PlaybackQueue", "PlaybackStats"]
 
@@ -40,6 +42,9 @@ class PlaybackStats:
     first_frame_at: float | None = None
     playing_since: float | None = None  # when the first frame started to sound
     first_frame_latency_s: float | None = None  # end of the user's speech → first frame received
+    jitter_ms: list[float] = field(default_factory=list)  # |inter-arrival − frame| after the opening burst
+    last_arrival: float | None = None
+    in_burst: bool = True  # still inside the opening burst (frames arriving back to back)
 
 
 class PlaybackQueue:
@@ -115,6 +120,13 @@ class PlaybackQueue:
         self._advance(now)
         stats = self.stats
         stats.received += 1
+        if stats.last_arrival is not None:
+            gap = now - stats.last_arrival
+            # Frames arriving back to back at the start are the server's prebuffer, sent at once on purpose.
+            if not (stats.in_burst and gap < self.frame_s / 4):
+                stats.in_burst = False
+                stats.jitter_ms.append(abs(gap - self.frame_s) * 1000)
+        stats.last_arrival = now
         if stats.first_frame_at is None:
             stats.first_frame_at = now
             if self._end_of_speech is not None:

@@ -34,6 +34,7 @@ class TurnReport:
     ended_by: TurnEnd
     aborted: bool
     abort_to_stop_s: float | None  # abort sent → tts stop received
+    jitter_ms: tuple[float, ...] = ()  # per frame |inter-arrival − frame duration|, after the opening burst
 
     @property
     def clean(self) -> bool:
@@ -79,4 +80,5 @@ class TurnBuilder:
             ended_by=ended_by,
             aborted=aborted,
             abort_to_stop_s=now - self.aborted_at if self.aborted_at is not None and ended_by == "tts_stop" else None,
+            jitter_ms=tuple(stats.jitter_ms),
         )

@@ -25,7 +25,9 @@ class DeviceLive:
     protocol_version: int | None = None
     codec: str = ""
     connected_at: float = field(default_factory=time.time)
-    counters: dict[str, int] = field(default_factory=lambda: {"stt": 0, "tts": 0, "tool_calls": 0, "errors": 0})
+    counters: dict[str, int] = field(
+        default_factory=lambda: {"stt": 0, "tts": 0, "tool_calls": 0, "errors": 0, "frames_in": 0, "frames_out": 0}
+    )
     levels: np.ndarray = field(default_factory=lambda: np.zeros(HISTORY, np.float32))
     level_pos: int = 0
     last_level: float = 0.0
@@ -45,6 +47,9 @@ class DeviceLive:
     def note(self, text: str, ts: float) -> None:
         self.transcript.append(f"{time.strftime('%H:%M:%S', time.localtime(ts))}  {text}")
         self.transcript_version += 1
+
+    def row_key(self) -> tuple[object, ...]:
+        return (self.state, self.protocol_version, self.codec, *self.counters.values())
 
     def set_session_metadata(self, metadata: dict[str, Any]) -> None:
         self.protocol_version = metadata.get("protocol_version")
@@ -106,4 +111,38 @@ class LiveState:
                 case "error":
                     dev.counters["errors"] += 1
                     dev.note(f"error: {data.get('message', '')}", ev.ts)
+                case "command":
+                    dev.note(f"operator: {data.get('command')} {data.get('message', '')}".rstrip(), ev.ts)
         return changed, connects
+
+    def apply_summaries(self, summaries: list[dict[str, Any]]) -> set[str]:
+        """Fold in what the in-process device server reports per connection (``DeviceServer.devices()``):
+        the authoritative state, protocol, codec and frame counters. Returns the devices whose row changed."""
+        changed = set()
+        for s in summaries:
+            dev = self.devices.get(str(s.get("device_id")))
+            if dev is None or dev.session_id != s.get("session_id"):
+                continue  # the feed has not announced it yet (or this is an older connection)
+            before = dev.row_key()
+            dev.state = str(s.get("state", dev.state))
+            dev.protocol_version = s.get("protocol_version", dev.protocol_version)
+            dev.codec = describe_codec(s)
+            dev.counters["frames_in"] = int(s.get("frames_in", 0))
+            dev.counters["frames_out"] = int(s.get("frames_out", 0))
+            bad = int(s.get("bad_packets", 0)) + int(s.get("bad_frames", 0))
+            dev.counters["errors"] = max(dev.counters["errors"], bad)
+            if before != dev.row_key():
+                changed.add(dev.device_id)
+        return changed
+
+
+def describe_codec(summary: dict[str, Any]) -> str:
+    """``opus ↑16 kHz/60 ms ↓24 kHz`` from a connection summary."""
+    up = summary.get("uplink_frame_ms")
+    down = summary.get("downlink_rate")
+    text = str(summary.get("codec", "opus"))
+    if up:
+        text += f" ↑16 kHz/{up} ms"
+    if down:
+        text += f" ↓{int(down) // 1000} kHz"
+    return text

@@ -9,7 +9,8 @@ from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelInd
 from console.domain.live import DeviceLive, LiveState
 
 Index = QModelIndex | QPersistentModelIndex
-COLUMNS = ("Device", "State", "Protocol", "Codec", "Level", "STT", "TTS", "Tools", "Errors", "Session")
+COLUMNS = ("Device", "State", "Protocol", "Codec", "Level", "STT", "TTS", "Tools", "Errors", "Frames in", "Frames out",
+           "Session")  # fmt: skip
 
 
 class LiveDeviceModel(QAbstractTableModel):
@@ -25,8 +26,10 @@ class LiveDeviceModel(QAbstractTableModel):
         return 0 if parent.isValid() else len(COLUMNS)
 
     def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole and 0 <= section < len(
-            COLUMNS
+        if (
+            orientation == Qt.Orientation.Horizontal
+            and role == Qt.ItemDataRole.DisplayRole
+            and 0 <= section < len(COLUMNS)
         ):
             return COLUMNS[section]
         return None
@@ -44,7 +47,7 @@ class LiveDeviceModel(QAbstractTableModel):
             c = dev.counters
             values = (dev.device_id, dev.state, "" if dev.protocol_version is None else f"v{dev.protocol_version}",
                       dev.codec, f"{dev.last_level:.0f}", c["stt"], c["tts"], c["tool_calls"], c["errors"],
-                      dev.session_id)  # fmt: skip
+                      c["frames_in"], c["frames_out"], dev.session_id)  # fmt: skip
             value = values[index.column()] if 0 <= index.column() < len(values) else None
             return None if value is None else str(value)
         if role == Qt.ItemDataRole.ForegroundRole and not dev.connected:

@@ -22,6 +22,7 @@ from server.storage.device_registry import DeviceRegistry
 from server.storage.errors import StorageError
 from server.storage.models import SessionFilter
 from server.storage.retention import RetentionJob
+from simulator.cli import add_sim_parser
 
 if TYPE_CHECKING:
     from server.device.server import DeviceServer
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--exit", action="store_true", help="exit after storing instead of waiting for Ctrl+C")
     demo.set_defaults(run=cmd_demo)
 
+    add_sim_parser(sub)
     add_console_parser(sub)
     return parser
 

@@ -15,6 +15,7 @@ import qasync
 from PySide6.QtCore import QCoreApplication, QEventLoop
 from PySide6.QtWidgets import QApplication
 
+import console.views  # guards None/True/False against the PySide6 6.12 refcount bug first
 from server.config import DatabaseSettings, EventSettings, ServerSettings, Settings
 from tests.conftest import minio_settings
 from tests.support.sim import NO_SOUND
@@ -100,6 +101,22 @@ def console(console_settings: Settings, qloop: QLoop, qtbot: Any) -> Iterator[An
     app.window.show()
     qloop.run(app.start(), 60)
     try:
+        yield app
+    finally:
+        qloop.run(app.stop(), 60)
+
+
+@pytest.fixture
+def served_console(console_settings: Settings, qloop: QLoop, qtbot: Any) -> Iterator[Any]:
+    """A started ConsoleApp that also runs the device server in process (as `xiaozhi console` does)."""
+    from console.app import ConsoleApp, ConsoleOptions
+
+    app = ConsoleApp(console_settings, ConsoleOptions(demo_when_empty=False), qloop.loop)
+    qtbot.addWidget(app.window)
+    app.window.show()
+    try:
+        qloop.run(app.start(), 60)
+        qloop.until(lambda: app.backend.endpoints is not None, 60)
         yield app
     finally:
         qloop.run(app.stop(), 60)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PySide6.QtCore import Qt
 
 from console.domain import export as exporting
 from console.domain.connection import SavedConnection, SecretStore, apply_connection, load_connection, save_connection
@@ -97,7 +98,9 @@ def test_secrets_go_to_a_0600_file_without_a_keyring_and_apply(tmp_path: Path) -
     assert settings.minio is not None and settings.minio.secret_access_key.get_secret_value() == "sk"
 
 
-def test_live_view_drains_the_bounded_feed_on_its_timer(console: Any, qloop: QLoop, qtmodeltester: Any) -> None:
+def test_live_view_drains_the_bounded_feed_on_its_timer(
+    console: Any, qloop: QLoop, qtmodeltester: Any, qtbot: Any
+) -> None:
     live = console.live
     feed = console.backend.live
     for i in range(3):
@@ -111,6 +114,17 @@ def test_live_view_drains_the_bounded_feed_on_its_timer(console: Any, qloop: QLo
     qloop.until(lambda: "你好" in live.transcript.toPlainText())
     assert live.model.index(1, 5).data() == "1" and live.model.index(1, 7).data() == "1"
     assert live.meter.value() == 50
+    console.window.show_view("live")
+    paints = live.grid.paints
+    feed.publish(LiveEvent("level", "dev-2", "live-2", {"rms": 2000.0}))
+    qloop.until(lambda: live.grid.paints > paints)  # new levels: the one grid repaints
+    tile = live.grid._tile(2).center().toPoint()
+    qtbot.mouseClick(live.grid, Qt.MouseButton.LeftButton, pos=tile)  # a tile selects its device
+    qloop.until(lambda: live.panel.device is not None and live.panel.device.device_id == "dev-2")
+    assert live.grid.selected == "dev-2"
+    idle = live.grid.paints
+    qloop.run(asyncio.sleep(0.3))
+    assert live.grid.paints - idle <= 2, "nothing changed: no repaint on every tick"
     for _ in range(10_000):  # a burst far beyond the queue: the oldest are dropped, nothing blocks
         feed.publish(LiveEvent("level", "dev-2", "live-2", {"rms": 1.0}))
     qloop.until(lambda: live.subscription is not None and live.subscription.dropped > 0)
