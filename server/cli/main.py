@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from console.cli import add_console_parser
 from server import event_loop
 from server.config import ConfigError, Settings, load_settings, redacted
+from server.migrate.cli import add_migrate_parser
 from server.runtime import StorageRuntime
 from server.services.errors import ServiceStartError
 from server.storage import schema
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=cmd_demo)
 
     add_sim_parser(sub)
+    add_migrate_parser(sub)
     add_console_parser(sub)
     return parser
 
