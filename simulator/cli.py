@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from server.cli import flags
 from server.config import Settings
 from server.protocol.messages import LISTEN_MODES, ListenMode
 from simulator.audio_devices import AudioDevice, describe_devices, list_devices, pick_device
@@ -68,26 +69,6 @@ class _Ordered(argparse.Action):
         namespace.inputs = inputs
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
 def add_sim_parser(sub: Any) -> None:
     p = sub.add_parser(
         "sim",
@@ -120,12 +101,12 @@ def add_sim_parser(sub: Any) -> None:
     conn.add_argument("--app-version", default=DEFAULT_APP_VERSION, help="firmware version sent to the OTA endpoint")
     conn.add_argument(
         "--hello-timeout",
-        type=_positive_float,
+        type=flags.positive_float,
         default=10.0,
         metavar="S",
         help="wait this long for the server hello (firmware: 10 s)",
     )
-    conn.add_argument("--activation-timeout", type=_positive_float, default=300.0, metavar="S",
+    conn.add_argument("--activation-timeout", type=flags.positive_float, default=300.0, metavar="S",
                       help="how long to wait for an activation code to be entered")  # fmt: skip
 
     inp = p.add_argument_group("input (text and files are played in the order given)")
@@ -167,17 +148,18 @@ def add_sim_parser(sub: Any) -> None:
     out.add_argument("--verbose", action="store_true", help="also show state changes")
 
     run = p.add_argument_group("running")
-    run.add_argument("--timeout", type=_positive_float, default=60.0, metavar="S", help="wait this long per reply")
-    run.add_argument("--turns", type=_positive_int, metavar="N", help="microphone: stop after N replies")
-    run.add_argument("--duration", type=_positive_float, metavar="S", help="microphone: stop after S seconds")
+    run.add_argument("--timeout", type=flags.positive_float, default=60.0, metavar="S", help="wait this long per reply")
+    run.add_argument("--turns", type=flags.positive_int, metavar="N", help="microphone: stop after N replies")
+    run.add_argument("--duration", type=flags.positive_float, metavar="S", help="microphone: stop after S seconds")
     run.add_argument(
         "--devices",
-        type=_positive_int,
+        type=flags.positive_int,
         default=1,
         metavar="N",
         help="load mode: N devices from this process, a latency and error report at the end",
     )
-    run.add_argument("--repeat", type=_positive_int, default=1, metavar="N", help="load mode: play the inputs N times")
+    run.add_argument("--repeat", type=flags.positive_int, default=1, metavar="N",
+                     help="load mode: play the inputs N times")  # fmt: skip
     run.add_argument("--ramp", type=float, metavar="S", help="load mode: spread device starts over S seconds")
     run.add_argument("--list-devices", action="store_true", help="list sound devices and exit")  # fmt: skip
 

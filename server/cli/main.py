@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from console.cli import add_console_parser
 from server import event_loop
+from server.cli import flags
 from server.config import ConfigError, Settings, load_settings, redacted
 from server.migrate.cli import add_migrate_parser
 from server.runtime import StorageRuntime
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run = retention.add_parser("run", help="remove messages, sessions and audio older than the retention period")
     run.add_argument("--dry-run", action="store_true", help="report what would be removed; remove nothing")
-    run.add_argument("--days", type=_non_negative_int, help="override conversation.message_retention_days")
+    run.add_argument("--days", type=flags.non_negative_int, help="override conversation.message_retention_days")
     run.set_defaults(run=cmd_retention_run)
 
     sessions = sub.add_parser("sessions", help="browse stored conversations").add_subparsers(
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--device", help="only this device id")
     ls.add_argument("--search", help="only sessions with a message containing these words")
     ls.add_argument("--since", type=_day, help="started on or after this day (YYYY-MM-DD, UTC)")
-    ls.add_argument("--limit", type=_limit, default=20)
+    ls.add_argument("--limit", type=flags.whole_number(1, 1000), default=20)
     ls.add_argument("--cursor", help="continue after the page that printed this cursor")
     ls.set_defaults(run=cmd_sessions_list)
     show = sessions.add_parser("show", help="one session's messages in order")
@@ -82,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     srv = sub.add_parser("server", help="run the device server (xiaozhi WebSocket protocol + OTA)")
     srv.add_argument("--host", help="listen address (server.host)")
-    srv.add_argument("--port", type=_port, help="WebSocket port (server.port)")
-    srv.add_argument("--http-port", type=_port, help="OTA/health port (server.http_port)")
+    srv.add_argument("--port", type=flags.port, help="WebSocket port (server.port)")
+    srv.add_argument("--http-port", type=flags.port, help="OTA/health port (server.http_port)")
     srv.set_defaults(run=cmd_server)
 
     demo = sub.add_parser("demo", help="start storage (embedded by default) and store a demo conversation")
@@ -94,30 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_migrate_parser(sub)
     add_console_parser(sub)
     return parser
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _non_negative_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError("must be a port number 0-65535")
-    return value
-
-
-def _limit(text: str) -> int:
-    value = _non_negative_int(text)
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError("must be between 1 and 1000")
-    return value
 
 
 def _day(text: str) -> date:

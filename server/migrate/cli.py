@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from server.cli import flags
 from server.config import RedisSettings as ConfiguredRedis
 from server.config import Settings
 from server.migrate.errors import EXIT_INCOMPLETE, EXIT_OK, MigrationError, UsageError
@@ -75,7 +76,7 @@ def add_migrate_parser(sub: Any) -> None:
 def _mysql_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("MySQL source (read only)")
     g.add_argument("--mysql-host", default="localhost")
-    g.add_argument("--mysql-port", type=_port, default=3306)
+    g.add_argument("--mysql-port", type=flags.server_port, default=3306)
     g.add_argument("--mysql-user", default="root")
     g.add_argument("--mysql-password", default=None, help="default: $MYSQL_PWD")
     g.add_argument("--mysql-db", default="xiaozhi_admin")
@@ -90,9 +91,9 @@ def _mysql_flags(p: argparse.ArgumentParser) -> None:
 def _redis_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Redis source (read only)")
     g.add_argument("--redis-host", help="default: redis.host of the configuration")
-    g.add_argument("--redis-port", type=_port)
+    g.add_argument("--redis-port", type=flags.server_port)
     g.add_argument("--redis-password")
-    g.add_argument("--redis-db", type=_non_negative)
+    g.add_argument("--redis-db", type=flags.non_negative_int)
     g.add_argument("--key-prefix", help="default: redis.key_prefix ('xiaozhi'); with or without the trailing colon")
     g.add_argument(
         "--session-gap", type=_gap, default=parse_gap("30m"), help="silence that starts a new session (default 30m)"
@@ -102,7 +103,7 @@ def _redis_flags(p: argparse.ArgumentParser) -> None:
 def _pg_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("PostgreSQL target (default: the configuration's database section)")
     g.add_argument("--pg-host")
-    g.add_argument("--pg-port", type=_port)
+    g.add_argument("--pg-port", type=flags.server_port)
     g.add_argument("--pg-user")
     g.add_argument("--pg-password")
     g.add_argument("--pg-db")
@@ -118,35 +119,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
 # ---- flag types -----------------------------------------------------------------------------------------
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _non_negative(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError("must be a port number 1-65535")
-    return value
-
-
-def _batch(text: str) -> int:
-    value = _non_negative(text)
-    if not 1 <= value <= 100_000:
-        raise argparse.ArgumentTypeError("must be between 1 and 100000")
-    return value
-
-
-def _writers(text: str) -> int:
-    value = _non_negative(text)
-    if not 1 <= value <= 8:
-        raise argparse.ArgumentTypeError("must be between 1 and 8")
-    return value
+_batch = flags.whole_number(1, 100_000)
+_writers = flags.whole_number(1, 8)
 
 
 def _tables(text: str) -> list[str]:
