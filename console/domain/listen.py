@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from console.domain.player import NoOutputDevice, _sounddevice
+from console.domain.player import NoOutputDevice, _sounddevice, stream_closed, stream_opened
 from server.audio.decoder import InvalidOpusPacket, OpusDecoder
 from server.live.feed import LiveFeed, Subscription
 
@@ -147,6 +147,11 @@ class ListenIn:
             self._scope = np.concatenate([self._scope[n:], pcm[-n:]])
             self.scope_version += 1
 
+    @property
+    def output_open(self) -> bool:
+        """A PortAudio output stream is open (playing what is heard)."""
+        return self._stream is not None
+
     def recent_pcm(self) -> tuple[np.ndarray, int]:
         """The last ``SCOPE_S`` seconds heard (int16) and their rate."""
         with self._scope_lock:
@@ -172,6 +177,7 @@ class ListenIn:
             self.note = f"no output device ({' '.join(str(exc).split())}): showing the waveform only"
             return
         self.jitter, self._stream = jitter, stream
+        stream_opened(stream)
         self.note = f"playing the {self.direction} ({rate} Hz)"
 
     def _close_output(self) -> None:
@@ -181,6 +187,7 @@ class ListenIn:
                 stream.stop()
             with contextlib.suppress(Exception):
                 stream.close()
+            stream_closed(stream)
 
     # ---- stopping -----------------------------------------------------------------------------------
 

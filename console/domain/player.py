@@ -37,12 +37,34 @@ def output_devices() -> list[str]:
         return []
 
 
-def refresh_devices() -> None:
-    """PortAudio reads the device list once; re-read it (a headset plugged in, PULSE_SERVER changed)."""
-    with contextlib.suppress(Exception):
-        sd = _sounddevice()
-        sd._terminate()
-        sd._initialize()
+_open_streams: set[Any] = set()  # PortAudio streams this process's players hold open
+_streams_lock = threading.Lock()
+
+
+def stream_opened(stream: Any) -> None:
+    with _streams_lock:
+        _open_streams.add(stream)
+
+
+def stream_closed(stream: Any) -> None:
+    with _streams_lock:
+        _open_streams.discard(stream)
+
+
+def refresh_devices() -> bool:
+    """PortAudio reads the device list once; re-read it (a headset plugged in, PULSE_SERVER changed).
+
+    Only while no player holds a stream open: re-initialising PortAudio under an open stream crashes the process
+    (seen: a segfault in Pa_Terminate). Returns whether the list was re-read.
+    """
+    with _streams_lock:
+        if _open_streams:
+            return False
+        with contextlib.suppress(Exception):
+            sd = _sounddevice()
+            sd._terminate()
+            sd._initialize()
+        return True
 
 
 class AudioPlayer:
@@ -84,6 +106,7 @@ class AudioPlayer:
             self._clip = None
             raise NoOutputDevice(f"cannot play: {' '.join(str(exc).split())}") from None
         self._stream = stream
+        stream_opened(stream)
         self.playing = True
 
     def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
@@ -118,3 +141,4 @@ class AudioPlayer:
                 stream.stop()
             with contextlib.suppress(Exception):
                 stream.close()
+            stream_closed(stream)

@@ -108,7 +108,7 @@ class SimulatorPanel(QWidget):
     # ---- choices ------------------------------------------------------------------------------------
 
     def list_microphones(self, rescan: bool = False) -> None:
-        if rescan:
+        if rescan and self.device is None:  # never under a running device's open mic and speaker streams
             refresh_devices()  # PortAudio reads the device list once: re-read it
         devices, note = microphones()
         self.mic_list.clear()

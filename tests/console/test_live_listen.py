@@ -77,8 +77,9 @@ def test_listen_in_uplink_and_downlink_and_operator_commands(
             qloop.until(lambda: listen.jitter is not None and listen.jitter.played > 24000 * 0.3, 10)
             panel.listen_button.setChecked(False)
             qloop.until(lambda: not app.backend.live.wants_audio(device_id))
+            qloop.until(lambda: not listen.output_open)  # closed before its sound server goes away
         monkeypatch.setenv("PULSE_SERVER", NO_SOUND)
-        refresh_devices()
+        assert refresh_devices(), "no stream is open any more"
 
         # ---- operator commands -----------------------------------------------------------------------
         events = client.events()
