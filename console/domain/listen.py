@@ -181,13 +181,14 @@ class ListenIn:
         self.note = f"playing the {self.direction} ({rate} Hz)"
 
     def _close_output(self) -> None:
-        stream, self._stream = self._stream, None
+        stream = self._stream
         if stream is not None:
             with contextlib.suppress(Exception):
                 stream.stop()
             with contextlib.suppress(Exception):
                 stream.close()
             stream_closed(stream)
+            self._stream = None  # only now: `output_open` is what lets PortAudio be re-initialised
 
     # ---- stopping -----------------------------------------------------------------------------------
 
