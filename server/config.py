@@ -141,6 +141,8 @@ class ServerSettings(_Section):
     max_frame_bytes: int = Field(64 * 1024, ge=1024)
     vad_min_silence_ms: int = Field(700, ge=100, le=5000)
     vad_tick_ms: int = Field(30, ge=5, le=200)
+    # Processes that decode every device's uplink and run the VAD; the streams are shared among them.
+    uplink_workers: int = Field(default_factory=lambda: min(os.cpu_count() or 1, 4), ge=1, le=32)
     # Processes that synthesize and encode speech (local TTS engines); 0 = in the server process.
     speech_workers: int = Field(default_factory=lambda: min(os.cpu_count() or 1, 4), ge=0, le=32)
     wakeup_words: list[str] = Field(default_factory=lambda: list(DEFAULT_WAKEUP_WORDS))

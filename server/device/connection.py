@@ -26,7 +26,7 @@ from server.audio.opus_packets import InvalidOpusPacket, packet_samples
 from server.audio.pacer import AudioPacer
 from server.device.mcp_client import DeviceMcpClient
 from server.events.types import SessionEnd, SessionStart
-from server.pipeline.uplink import StreamReport
+from server.pipeline.uplink import SEGMENT_PAD_S, StreamReport
 from server.pipeline.vad import VadConfig, VadEvent
 from server.protocol import framing, messages
 from server.protocol.headers import ConnectionInfo
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 UPLINK_RATE = 16000  # every uplink is decoded at 16 kHz: what VAD and ASR want (opus decodes at any rate)
 PREROLL_S = 0.3  # audio kept before the VAD's speech start
-PAD_S = 0.2  # audio kept around the speech segment when it is saved
+PAD_S = SEGMENT_PAD_S  # audio kept around the speech segment (for ASR, and when it is saved)
 MAX_UTTERANCE_S = 60.0
 # A decoder started in the middle of a stream glitches on its first packet (measured: Whisper then heard "Below
 # now" for "Hello now"); decoding the two packets before the segment first, and dropping them, avoids it.
@@ -391,14 +391,16 @@ class DeviceConnection:
                 self.ctx.live.emit("level", self.device_id, self.session_id, rms=round(report.level, 1),
                                    speech=self._in_speech)  # fmt: skip
         if report.events:
-            self.on_vad(report.events)
+            self.on_vad(report.events, report.segments)
         if not self._vad.reset_pending:
             self._vad_reported = self._vad.evaluated_samples
         self._trim_chunks()  # once per tick, not per frame: what may go only changes with the VAD's progress
 
-    def on_vad(self, events: list[VadEvent]) -> None:
+    def on_vad(self, events: list[VadEvent], segments: list[np.ndarray] | None = None) -> None:
+        """VAD events in order; ``segments``: the decoded PCM of each ``speech_end``'s segment (from the worker)."""
         if self.listen_mode == "manual":
             return  # push-to-talk: the device's `listen stop` ends the utterance, not silence
+        pcm = iter(segments or ())
         for event in events:
             log.debug("device %s: %s", self.device_id, event)
             if event.kind == "speech_start":
@@ -407,10 +409,14 @@ class DeviceConnection:
                 self.ctx.live.emit("state", self.device_id, self.session_id, state="listening", speech=True)
                 if self.state == "speaking" and self.listen_mode == "realtime":
                     self.spawn(self.abort(), "barge-in")
-            elif event.kind == "speech_end" and self._in_speech:
+            elif event.kind == "speech_end":
+                segment = next(pcm, None)
+                if not self._in_speech:
+                    continue
                 self._in_speech = False
                 assert event.end is not None
                 utterance = self._take_segment(event.start, event.end)
+                utterance.pcm = segment  # None: ASR decodes the packets
                 if self.listen_mode != "realtime":
                     self.listening = False  # firmware re-sends `listen start` after our `tts stop`
                 self.start_turn(utterance)

@@ -76,7 +76,7 @@ class DeviceServer:
         self.ctx = ServerContext(
             settings=cfg,
             providers=providers,
-            vad=UplinkAnalyzer(),
+            vad=UplinkAnalyzer(workers=cfg.uplink_workers),
             live=self.live,
             speech=make_speech(providers.tts, cfg.downlink_sample_rate, cfg.frame_duration_ms, cfg.speech_workers),
             bus=self.runtime.bus if self.runtime else None,
@@ -124,6 +124,11 @@ class DeviceServer:
             except Exception as exc:
                 log.warning("speech recognition model not loaded at start: %s", exc)
         gc.freeze()  # what the model loads created lives forever too (no collection here: devices may be connected)
+
+    async def ready(self) -> None:
+        """Wait until the models are loaded and the worker processes run (``start`` returns before that)."""
+        if self._warmup is not None:
+            await asyncio.shield(self._warmup)
 
     async def stop(self) -> None:
         if self._relay is not None:

@@ -6,6 +6,10 @@ hold the loop nor compete with it for the GIL (measured before: 300 streaming de
 process, the loop 84% busy). The loop hands the worker every stream's new packets once per tick and gets back
 per stream: VAD events, how far the VAD has evaluated, packets libopus rejected, and the audio level.
 
+For every end of speech the report also carries the segment's PCM (with ``SEGMENT_PAD_S`` on each side), decoded
+from the uninterrupted stream, so the speech recognizer does not decode the same packets a second time (that
+cost the loop's process 0.2 core at 300 streaming devices).
+
 Offsets are samples at 16 kHz since the stream was opened or reset; the loop counts them from the packets' TOC
 bytes, the worker from decoding, and a packet libopus rejects counts as silence of its TOC length, so both
 scales stay equal. If the worker dies it is started again and every stream reports ``restarted``: its scale
@@ -21,6 +25,7 @@ import multiprocessing
 import signal
 import threading
 import traceback
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -34,9 +39,14 @@ from server.pipeline.vad import SAMPLE_RATE, BatchedVadStream, SileroModel, VadB
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StreamReport", "UplinkAnalyzer", "UplinkStream", "decode_packets"]
+__all__ = ["SEGMENT_PAD_S", "StreamReport", "UplinkAnalyzer", "UplinkStream", "decode_packets"]
 
 STOP_TIMEOUT_S = 5.0
+SEGMENT_PAD_S = 0.2  # audio kept on each side of a speech segment (for ASR, and when the segment is saved)
+_PAD = int(SEGMENT_PAD_S * SAMPLE_RATE)
+_KEEP_BEFORE = _PAD + SAMPLE_RATE // 2  # decoded audio kept before what the VAD has evaluated (a segment starts
+# up to ``VadConfig.window`` windows before the window that decided it)
+MAX_SEGMENT_S = 61.0  # decoded audio kept per stream at most (a device talking without a pause)
 REPLY_TIMEOUT_S = 10.0  # a worker that takes longer for one tick is hung (a tick's work is tens of milliseconds)
 
 
@@ -49,6 +59,8 @@ class StreamReport:
     bad_packets: int = 0  # packets libopus rejected (counted as silence)
     level: float | None = None  # RMS of the audio decoded in this run; None if none was
     restarted: bool = False  # the worker was restarted: the stream starts over at offset 0
+    # one per ``speech_end`` event, in order: int16 PCM of [start - pad, end + pad) as far as it was kept
+    segments: list[np.ndarray] = field(default_factory=list)
 
 
 class UplinkStream:
@@ -85,10 +97,42 @@ class UplinkStream:
 # ---- the worker process ---------------------------------------------------------------------------------------
 
 
-@dataclass
 class _WorkerStream:
-    decoder: OpusDecoder
-    vad: BatchedVadStream
+    """A stream in the worker: its decoder, its VAD, and the decoded audio a coming segment may need."""
+
+    __slots__ = ("chunks", "decoded", "decoder", "speech_from", "vad")
+
+    def __init__(self, decoder: OpusDecoder, vad: BatchedVadStream) -> None:
+        self.decoder = decoder
+        self.vad = vad
+        self.chunks: deque[tuple[int, np.ndarray]] = deque()  # (offset, pcm), in order
+        self.speech_from: int | None = None  # start of the segment under way
+        self.decoded = 0  # samples decoded since the start (or reset)
+
+    def reset(self) -> None:
+        self.vad.reset()
+        self.chunks.clear()
+        self.speech_from = None
+        self.decoded = 0
+
+    def keep(self, pcm: np.ndarray) -> None:
+        self.chunks.append((self.decoded, pcm))
+        self.decoded += len(pcm)
+
+    def segment(self, start: int, end: int) -> np.ndarray:
+        """PCM of [start - pad, end + pad), as far as it is kept."""
+        lo, hi = start - _PAD, end + _PAD
+        parts = [pcm[max(0, lo - at) : max(0, hi - at)] for at, pcm in self.chunks if at < hi and at + len(pcm) > lo]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+
+    def trim(self) -> None:
+        evaluated = self.vad.evaluated_samples
+        keep_from = max(evaluated - _KEEP_BEFORE, self.decoded - int(MAX_SEGMENT_S * SAMPLE_RATE))
+        if self.speech_from is not None:
+            keep_from = min(keep_from, self.speech_from - _PAD)
+        chunks = self.chunks
+        while chunks and chunks[0][0] + len(chunks[0][1]) <= keep_from:
+            chunks.popleft()
 
 
 def _serve(conn: Connection, model_path: str | None) -> None:
@@ -131,19 +175,38 @@ def _handle(
         report = reports[stream_id] = StreamReport()
         by_vad_id[stream.vad.id] = stream_id
         if reset:
-            stream.vad.reset()
+            stream.reset()
         if not packets:
             continue
         pcm, report.bad_packets = _decode(stream.decoder, packets)
+        stream.keep(pcm)
         stream.vad.push(pcm)
-        report.level = float(np.sqrt(np.mean(pcm.astype(np.float32) ** 2))) if len(pcm) else 0.0
+        report.level = _rms(pcm)
     for vad_id, events in batcher.run().items():
         stream_id = by_vad_id.get(vad_id)
-        if stream_id is not None:
-            reports[stream_id].events = events
+        if stream_id is None:
+            continue
+        report, stream = reports[stream_id], streams[stream_id]
+        report.events = events
+        for event in events:
+            if event.kind == "speech_start":
+                stream.speech_from = event.start
+            else:
+                assert event.end is not None
+                report.segments.append(stream.segment(event.start, event.end))
+                stream.speech_from = None
     for stream_id, report in reports.items():
-        report.evaluated = streams[stream_id].vad.evaluated_samples
+        stream = streams[stream_id]
+        report.evaluated = stream.vad.evaluated_samples
+        stream.trim()
     return reports
+
+
+def _rms(pcm: np.ndarray) -> float:
+    if not len(pcm):
+        return 0.0
+    x = pcm.astype(np.float32)
+    return float(np.sqrt(np.dot(x, x) / len(x)))
 
 
 def _decode(decoder: OpusDecoder, packets: list[tuple[bytes, int]]) -> tuple[np.ndarray, int]:
@@ -183,26 +246,90 @@ def decode_packets(
 # ---- the loop side -------------------------------------------------------------------------------------------
 
 
+class _Worker:
+    """One worker process and the pipe to it (created on first use, replaced when lost)."""
+
+    def __init__(self, index: int, model_path: str | None, reply_timeout_s: float) -> None:
+        self.index = index
+        self.model_path = model_path
+        self.reply_timeout_s = reply_timeout_s
+        self.streams = 0  # open streams assigned to this worker
+        self.process: Any = None
+        self._conn: Connection | None = None
+        self._pipe_lock = threading.Lock()
+
+    def _spawn(self) -> None:
+        ctx = multiprocessing.get_context("forkserver")  # no fork of a threaded process
+        parent, child = ctx.Pipe()
+        name = f"xiaozhi-uplink-{self.index}"
+        process = ctx.Process(target=_serve, args=(child, self.model_path), name=name, daemon=True)
+        process.start()
+        child.close()
+        self.process, self._conn = process, parent
+
+    def _ensure(self) -> Connection:
+        if self._conn is None:
+            self._spawn()
+            assert self._conn is not None
+            if self._conn.recv() != "ready":
+                raise RuntimeError("the uplink worker did not start")
+        return self._conn
+
+    def start(self) -> None:
+        with self._pipe_lock:
+            self._ensure()
+
+    def exchange(self, request: Any) -> Any:
+        """Send one request, wait for its reply (blocking: called in a thread)."""
+        with self._pipe_lock:
+            conn = self._ensure()
+            conn.send(request)
+            if not conn.poll(self.reply_timeout_s):
+                raise TimeoutError(f"no answer within {self.reply_timeout_s:g} s")
+            return conn.recv()
+
+    def stop(self) -> None:
+        with self._pipe_lock:  # a run under way (its task may have been cancelled) finishes with the pipe first
+            process, conn = self.process, self._conn
+            self.process = self._conn = None
+            if conn is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    conn.send(None)
+                conn.close()
+            if process is not None:
+                process.join(STOP_TIMEOUT_S)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+
+
 class UplinkAnalyzer:
-    """``open``/``close`` streams, ``push`` packets to them, and ``await run()`` once per tick (one at a time)."""
+    """``open``/``close`` streams, ``push`` packets to them, and ``await run()`` once per tick (one at a time).
+
+    ``workers`` processes share the streams (each new stream goes to the one with the fewest); a tick's requests go
+    to all of them at once, so decoding and VAD use as many cores as there are workers. A lost worker is replaced
+    and only its own streams start over.
+    """
 
     def __init__(
         self,
         config: VadConfig | None = None,
         model_path: str | Path | None = None,
         reply_timeout_s: float = REPLY_TIMEOUT_S,
+        workers: int = 1,
     ) -> None:
+        if workers < 1:
+            raise ValueError(f"need at least one uplink worker, got {workers}")
         self.config = config or VadConfig()
         self.reply_timeout_s = reply_timeout_s
         self.model_path = str(model_path) if model_path is not None else None
+        self._workers = [_Worker(i, self.model_path, reply_timeout_s) for i in range(workers)]
         self._streams: dict[int, UplinkStream] = {}
+        self._worker_of: dict[int, _Worker] = {}
         self._opened: list[UplinkStream] = []
         self._closed: list[int] = []
         self._next_id = 1
-        self._process: Any = None
-        self._conn: Connection | None = None
         self._running = False
-        self._pipe_lock = threading.Lock()
         self.restarts = 0
 
     def __len__(self) -> int:
@@ -212,6 +339,9 @@ class UplinkAnalyzer:
         stream = UplinkStream(self._next_id, config or self.config)
         self._next_id += 1
         self._streams[stream.id] = stream
+        worker = min(self._workers, key=lambda w: w.streams)
+        worker.streams += 1
+        self._worker_of[stream.id] = worker
         self._opened.append(stream)
         return stream
 
@@ -219,105 +349,75 @@ class UplinkAnalyzer:
         stream.closed = True
         stream._packets = []
         if self._streams.pop(stream.id, None) is not None:
+            self._worker_of[stream.id].streams -= 1
             self._closed.append(stream.id)
 
-    # -- the worker's life --
-
-    def _spawn(self) -> None:
-        ctx = multiprocessing.get_context("forkserver")  # no fork of a threaded process
-        parent, child = ctx.Pipe()
-        process = ctx.Process(target=_serve, args=(child, self.model_path), name="xiaozhi-uplink", daemon=True)
-        process.start()
-        child.close()
-        self._process, self._conn = process, parent
-
-    def _ensure_worker(self) -> Connection:
-        if self._conn is None:
-            self._spawn()
-            assert self._conn is not None
-            if self._conn.recv() != "ready":
-                raise RuntimeError("the uplink worker did not start")
-        return self._conn
+    # -- the workers' life --
 
     async def start(self) -> None:
-        """Start the worker now (it loads the VAD model), so the first device does not wait for it."""
-        await asyncio.to_thread(self._start_worker)
-
-    def _start_worker(self) -> None:
-        with self._pipe_lock:
-            self._ensure_worker()
-
-    def _exchange(self, request: Any) -> Any:
-        with self._pipe_lock:
-            conn = self._ensure_worker()
-            conn.send(request)
-            if not conn.poll(self.reply_timeout_s):
-                raise TimeoutError(f"no answer within {self.reply_timeout_s:g} s")
-            return conn.recv()
-
-    def _stop_worker(self) -> None:
-        with self._pipe_lock:  # a run under way (its task may have been cancelled) finishes with the pipe first
-            self._stop_worker_locked()
-
-    def _stop_worker_locked(self) -> None:
-        process, conn = self._process, self._conn
-        self._process = self._conn = None
-        if conn is not None:
-            with contextlib.suppress(OSError, ValueError):
-                conn.send(None)
-            conn.close()
-        if process is not None:
-            process.join(STOP_TIMEOUT_S)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        """Start the workers now (each loads the VAD model), so the first device does not wait for them."""
+        await asyncio.gather(*(asyncio.to_thread(w.start) for w in self._workers))
 
     async def stop(self) -> None:
-        await asyncio.to_thread(self._stop_worker)
+        await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self._workers))
 
     # -- one tick --
 
     async def run(self) -> dict[int, StreamReport]:
-        """Send every stream's new packets (and opens, closes, resets) to the worker; return its reports."""
+        """Send every stream's new packets (and opens, closes, resets) to the workers; return their reports."""
         if self._running:
             raise RuntimeError("UplinkAnalyzer.run() is already running")
         self._running = True
-        opened = [(s.id, s.config) for s in self._opened if not s.closed]
+        requests: dict[_Worker, tuple[list[Any], list[int], list[Any]]] = {w: ([], [], []) for w in self._workers}
+        for s in self._opened:
+            if not s.closed:
+                requests[self._worker_of[s.id]][0].append((s.id, s.config))
         self._opened = []
-        closed, self._closed = self._closed, []
-        items = []
+        for stream_id in self._closed:
+            requests[self._worker_of.pop(stream_id)][1].append(stream_id)
+        self._closed = []
         sent = []
         for stream in self._streams.values():
             if stream._packets or stream._reset:
-                items.append((stream.id, stream._reset, stream._packets))
+                requests[self._worker_of[stream.id]][2].append((stream.id, stream._reset, stream._packets))
                 stream._reset_sent = stream._reset
                 stream._reset = False
                 stream._packets = []
                 sent.append(stream)
+        busy = [w for w, request in requests.items() if any(request)]
         try:
-            reply = await asyncio.to_thread(self._exchange, (opened, closed, items))
-            if isinstance(reply, tuple):
-                raise RuntimeError(f"uplink worker failed: {reply[1]}")
-        except (EOFError, OSError, RuntimeError) as exc:  # OSError includes TimeoutError (a hung worker)
-            log.error("uplink worker lost (%s); starting a new one, every stream starts over", exc)
-            return await self._restart()
+            replies = await asyncio.gather(
+                *(asyncio.to_thread(w.exchange, requests[w]) for w in busy), return_exceptions=True
+            )
         finally:
             self._running = False
             for stream in sent:
                 stream._reset_sent = False
-        for stream_id, report in reply.items():
+        reports: dict[int, StreamReport] = {}
+        for worker, reply in zip(busy, replies, strict=True):
+            if isinstance(reply, tuple):
+                reply = RuntimeError(f"uplink worker failed: {reply[1]}")
+            if isinstance(reply, EOFError | OSError | RuntimeError):  # OSError includes TimeoutError (hung worker)
+                log.error("uplink worker %d lost (%s); starting a new one, its streams start over", worker.index, reply)
+                reports.update(await self._restart(worker))
+            elif isinstance(reply, BaseException):
+                raise reply
+            else:
+                reports.update(reply)
+        for stream_id, report in reports.items():
             stream = self._streams.get(stream_id)
-            if stream is not None and not stream._reset:
+            if stream is not None and not stream._reset and not report.restarted:
                 stream.evaluated_samples = report.evaluated
-        return reply
+        return reports
 
-    async def _restart(self) -> dict[int, StreamReport]:
+    async def _restart(self, worker: _Worker) -> dict[int, StreamReport]:
         self.restarts += 1
-        await asyncio.to_thread(self._stop_worker)
-        self._opened = list(self._streams.values())
-        self._closed = []
+        await asyncio.to_thread(worker.stop)
+        mine = [s for s in self._streams.values() if self._worker_of[s.id] is worker]
+        self._opened = [s for s in self._opened if self._worker_of.get(s.id) is not worker]
+        self._opened += mine
         reports = {}
-        for stream in self._streams.values():
+        for stream in mine:
             stream._packets = []
             stream._reset = False
             stream.evaluated_samples = 0
@@ -325,5 +425,11 @@ class UplinkAnalyzer:
         return reports
 
     @property
+    def pids(self) -> list[int | None]:
+        """Each worker's process id (None: not started)."""
+        return [w.process.pid if w.process is not None else None for w in self._workers]
+
+    @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        """The first worker's process id (None: not started)."""
+        return self.pids[0]

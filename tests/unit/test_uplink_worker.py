@@ -10,8 +10,9 @@ import pytest
 
 from server.audio.decoder import OpusDecoder
 from server.audio.opus_packets import packet_samples
-from server.pipeline.uplink import StreamReport, UplinkAnalyzer, decode_packets
-from server.pipeline.vad import SileroModel, VadConfig, VadStream
+from server.pipeline import uplink
+from server.pipeline.uplink import SEGMENT_PAD_S, StreamReport, UplinkAnalyzer, decode_packets
+from server.pipeline.vad import SileroModel, VadBatcher, VadConfig, VadStream
 from tests.support.speech import RATE, silence, spoken_pcm16k, to_opus_packets
 from tests.support.waiting import wait_until
 
@@ -156,3 +157,61 @@ async def test_a_hung_worker_is_replaced(packets: list[bytes]) -> None:
         assert _gone(pid), "the hung worker was killed"
     finally:
         await analyzer.stop()
+
+
+async def test_each_end_of_speech_brings_the_segment_pcm_decoded_from_the_whole_stream(packets: list[bytes]) -> None:
+    decoder = OpusDecoder(RATE)
+    stream_pcm = np.concatenate([decoder.decode(p) for p in packets])
+    analyzer = UplinkAnalyzer()
+    try:
+        stream = analyzer.open()
+        reports = (await feed(analyzer, [stream], packets, per_run=3))[stream.id]
+    finally:
+        await analyzer.stop()
+    ends = [(r, e) for r in reports for e in r.events if e.kind == "speech_end"]
+    assert len(ends) == 1
+    assert all(len(r.segments) == sum(e.kind == "speech_end" for e in r.events) for r in reports)
+    report, end = ends[0]
+    assert end.end is not None
+    pad = int(SEGMENT_PAD_S * RATE)
+    expected = stream_pcm[end.start - pad : end.end + pad]
+    assert np.array_equal(report.segments[0], expected)  # the very samples, not a re-decode from a cold decoder
+
+
+def test_the_worker_keeps_only_recent_audio_between_segments() -> None:
+    """Thirty seconds of silence leave well under a second of decoded audio in the worker (memory stays flat)."""
+    quiet = to_opus_packets(silence(30_000))
+    batcher, streams = VadBatcher(SileroModel.shared()), {}
+    uplink._handle(([(1, VadConfig())], [], []), batcher, streams)
+    for lo in range(0, len(quiet), 5):
+        uplink._handle(([], [], [(1, False, [(p, 960) for p in quiet[lo : lo + 5]])]), batcher, streams)
+    kept = sum(len(pcm) for _, pcm in streams[1].chunks)
+    assert 0 < kept < RATE
+    uplink._handle(([], [], [(1, True, [])]), batcher, streams)  # a reset forgets it all
+    assert not streams[1].chunks and streams[1].decoded == 0
+
+
+async def test_two_workers_share_the_streams_and_a_lost_one_restarts_only_its_own(packets: list[bytes]) -> None:
+    analyzer = UplinkAnalyzer(workers=2)
+    await analyzer.start()
+    try:
+        streams = [analyzer.open() for _ in range(4)]
+        await feed(analyzer, streams, packets[:5])
+        pids = analyzer.pids
+        assert None not in pids and len(set(pids)) == 2
+        os.kill(pids[1], signal.SIGKILL)
+        await wait_until(lambda: _gone(pids[1]), timeout=10)
+        for stream in streams:
+            stream.push(packets[5], 960)
+        reports = await analyzer.run()
+        restarted = {i for i, r in reports.items() if r.restarted}
+        assert len(restarted) == 2, "the streams were spread evenly, and only the lost worker's start over"
+        for stream in streams:
+            assert stream.evaluated_samples == (0 if stream.id in restarted else 6 * 960 // 512 * 512)
+        got = await feed(analyzer, streams, packets)
+        for stream in streams:  # every stream works again, on either worker
+            assert "speech_end" in [e.kind for r in got[stream.id] for e in r.events]
+        assert analyzer.pids[0] == pids[0] and analyzer.pids[1] not in (None, pids[1])
+    finally:
+        await analyzer.stop()
+    assert analyzer.pids == [None, None]
