@@ -99,5 +99,3 @@ def describe_error(exc: BaseException) -> str:
     """One line for the banner: what failed, never a traceback."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) < 300 else text[:297] + "…"
-
-

@@ -19,7 +19,7 @@ def marked(text: str, needle: str) -> str:
     low, key, out, pos = text.casefold(), needle.casefold(), [], 0
     while (hit := low.find(key, pos)) >= 0:
         out.append(html.escape(text[pos:hit]))
-        out.append(f"<span style='background:{mark_colour()}'>{html.escape(text[hit:hit + len(key)])}</span>")
+        out.append(f"<span style='background:{mark_colour()}'>{html.escape(text[hit : hit + len(key)])}</span>")
         pos = hit + len(key)
     out.append(html.escape(text[pos:]))
     return "".join(out).replace("\n", "<br>")

@@ -66,8 +66,9 @@ class DashboardView(QWidget):
         if d.per_day:
             xs = list(range(len(d.per_day)))
             self.chart.addItem(pg.BarGraphItem(x=xs, height=[n for _, n in d.per_day], width=0.7, brush="#4f8fd6"))
-            self.chart.getAxis("bottom").setTicks([[(x, day.strftime("%m-%d")) for x, (day, _) in zip(xs, d.per_day,
-                                                                                                    strict=True)]])
+            self.chart.getAxis("bottom").setTicks(
+                [[(x, day.strftime("%m-%d")) for x, (day, _) in zip(xs, d.per_day, strict=True)]]
+            )
         lines = [f"{dev}: {msgs} messages in {sess} sessions" for dev, sess, msgs in d.busiest]
         self.busiest.setPlainText("Busiest devices (14 days)\n\n" + ("\n".join(lines) or "none"))
         return d

@@ -23,8 +23,12 @@ class Operations:
         self.app = app
         self.confirm: Confirm = self._ask
         w = app.window
-        for text, slot in (("Export…", self._export_dialog), ("Delete session…", self._delete_session_clicked),
-                           ("Delete audio…", self._delete_audio_clicked), ("Settings…", self._settings_dialog)):
+        for text, slot in (
+            ("Export…", self._export_dialog),
+            ("Delete session…", self._delete_session_clicked),
+            ("Delete audio…", self._delete_audio_clicked),
+            ("Settings…", self._settings_dialog),
+        ):
             w.toolbar.addAction(text).triggered.connect(slot)  # fmt: skip
         self.progress: QProgressDialog | None = None
 

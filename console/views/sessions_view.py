@@ -43,7 +43,7 @@ def highlight(text: str, spans: list[tuple[int, int]], limit: int = 160) -> str:
             continue
         a = max(a, pos)
         out.append(html.escape(text[pos:a]))
-        out.append(f"<b style='background:#ffd54f;color:black'>{html.escape(text[a:min(b, end)])}</b>")
+        out.append(f"<b style='background:#ffd54f;color:black'>{html.escape(text[a : min(b, end)])}</b>")
         pos = min(b, end)
     out.append(html.escape(text[pos:end]))
     return ("…" if start else "") + "".join(out) + ("…" if end < len(text) else "")

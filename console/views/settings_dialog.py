@@ -63,8 +63,11 @@ class SettingsDialog(QDialog):
     def save(self) -> None:
         save_connection(
             self.connection(),
-            {"database.password": self.db_password.text(), "minio.secret_access_key": self.s3_secret.text(),
-             "remote.live_token": self.live_token.text()},
+            {
+                "database.password": self.db_password.text(),
+                "minio.secret_access_key": self.s3_secret.text(),
+                "remote.live_token": self.live_token.text(),
+            },
             self.secrets,
         )
         self.accept()

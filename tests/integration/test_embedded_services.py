@@ -35,7 +35,6 @@ SECRET_KEY = "test-secret-key-0123456789"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-
 # ------------------------------------------------------------------ fixtures
 @pytest.fixture
 def work_dir() -> Iterator[Path]:
