@@ -143,7 +143,7 @@ class Probe:
     turn_records: list[TurnRecord] = field(default_factory=list)
     sent: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     pacer_underruns: int = 0
-    vad_running: bool = False  # an UplinkAnalyzer.run is in progress (waiting for the uplink worker)
+    vad_running: int = 0  # UplinkAnalyzer runs in progress (waiting for an uplink worker)
     gc_pauses: list[tuple[float, int, float]] = field(default_factory=list)  # (start, generation, seconds)
     tts_durations: list[float] = field(default_factory=list)
     synth_ends: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -209,17 +209,18 @@ def install_probes() -> None:
         PROBE.frames[stream.id].append((arrived, EPOCH.get(stream.id, 0), target))
         PROBE.stream_device[stream.id] = self.device_id
 
-    async def probed_run(self: UplinkAnalyzer) -> Any:
+    async def probed_run(self: UplinkAnalyzer, shard: int | None = None) -> Any:
         started = time.monotonic()
-        streams = list(self._streams.values())
+        workers = self._workers if shard is None else [self._workers[shard]]
+        streams = [s for w in workers for s in w.members.values()]
         for s in streams:
             if s._reset:  # this run applies it
                 APPLIED[s.id] = EPOCH.get(s.id, 0)
-        PROBE.vad_running = True
+        PROBE.vad_running += 1
         try:
-            result = await run(self)
+            result = await run(self, shard)
         finally:
-            PROBE.vad_running = False
+            PROBE.vad_running -= 1
         if PROBE.uplink:
             progress = {s.id: (APPLIED.get(s.id, 0), s.evaluated_samples // WINDOW_SAMPLES) for s in streams}
             PROBE.runs.append((started, time.monotonic(), progress))

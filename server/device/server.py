@@ -1,8 +1,9 @@
 """The device server: xiaozhi WebSocket endpoint, OTA HTTP endpoint, batched VAD, storage wiring.
 
 Bad handshakes are refused before the upgrade (400 without Device-Id, 401 for a bad token). One task
-per connection; one VAD task for all of them runs the batched model every ``vad_tick_ms``, off the
-event loop thread, so hundreds of streaming devices cost one onnx call per tick.
+per connection; one task per uplink worker hands that worker its devices' new packets every ``vad_tick_ms``
+(the workers' ticks staggered over the period), so hundreds of streaming devices cost one batched onnx call
+per worker and tick, in processes of their own.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class DeviceServer:
         self.ctx: ServerContext | None = None
         self._ws: Server | None = None
         self._ota: OtaApp | None = None
-        self._vad_task: asyncio.Task[None] | None = None
+        self._vad_tasks: list[asyncio.Task[None]] = []
         self._warmup: asyncio.Task[None] | None = None
         self._infos: dict[int, ConnectionInfo] = {}
         self._live_filters: dict[int, tuple[str | None, bool]] = {}
@@ -102,7 +103,8 @@ class DeviceServer:
         self.ws_port = next(iter(self._ws.sockets)).getsockname()[1]
         self._ota = OtaApp(cfg, self.websocket_url, self.health, self.registry)
         await self._ota.start(cfg.host, cfg.http_port)
-        self._vad_task = asyncio.create_task(self._vad_loop(), name="vad")
+        shards = self.ctx.vad.shards
+        self._vad_tasks = [asyncio.create_task(self._vad_loop(i, shards), name=f"vad-{i}") for i in range(shards)]
         self._warmup = asyncio.create_task(self._warm_up(providers, self.ctx.speech), name="warm-up")
         if self.runtime is not None:
             self._relay = PgLiveRelay(self.runtime.settings.database, self.live)
@@ -140,10 +142,10 @@ class DeviceServer:
             self._ws = None
         if self._warmup is not None:
             self._warmup.cancel()
-        if self._vad_task is not None:
-            self._vad_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._vad_task
+        for task in self._vad_tasks:
+            task.cancel()
+        await asyncio.gather(*self._vad_tasks, return_exceptions=True)
+        self._vad_tasks = []
         if self._ota is not None:
             await self._ota.stop()
         if self.ctx is not None:
@@ -275,18 +277,21 @@ class DeviceServer:
         except Exception:  # one device's bug must never take the server down
             log.exception("device %s: connection failed", info.device_id)
 
-    async def _vad_loop(self) -> None:
+    async def _vad_loop(self, shard: int, shards: int) -> None:
+        """Every tick, one uplink worker's streams: their packets out, the worker's reports to the connections."""
         assert self.ctx is not None
         tick = self.settings.server.vad_tick_ms / 1000
         loop = asyncio.get_running_loop()
-        next_tick = loop.time()
+        # Staggered: with every worker starting at once, they would all want the CPU (and the loop their reports)
+        # at the same moment each tick, and each run would take longer.
+        next_tick = loop.time() + tick * shard / shards
         while True:
             # Fixed rate, not "tick after the last run": a slow run must not push every later frame back.
             next_tick = max(next_tick + tick, loop.time())
             await asyncio.sleep(next_tick - loop.time())
             if not len(self.ctx.vad):
                 continue
-            reports = await self.ctx.vad.run()
+            reports = await self.ctx.vad.run(shard)
             for stream_id, report in reports.items():
                 conn = self.ctx.by_vad_stream.get(stream_id)
                 if conn is None:

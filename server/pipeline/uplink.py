@@ -247,13 +247,17 @@ def decode_packets(
 
 
 class _Worker:
-    """One worker process and the pipe to it (created on first use, replaced when lost)."""
+    """One worker process and the pipe to it (created on first use, replaced when lost), and on the loop's side
+    the streams it serves."""
 
     def __init__(self, index: int, model_path: str | None, reply_timeout_s: float) -> None:
         self.index = index
         self.model_path = model_path
         self.reply_timeout_s = reply_timeout_s
-        self.streams = 0  # open streams assigned to this worker
+        self.members: dict[int, UplinkStream] = {}  # open streams this worker serves
+        self.opened: list[UplinkStream] = []  # ... not yet announced to the process
+        self.closed: list[int] = []  # stream ids to forget
+        self.running = False  # a run is waiting for the process
         self.process: Any = None
         self._conn: Connection | None = None
         self._pipe_lock = threading.Lock()
@@ -304,11 +308,12 @@ class _Worker:
 
 
 class UplinkAnalyzer:
-    """``open``/``close`` streams, ``push`` packets to them, and ``await run()`` once per tick (one at a time).
+    """``open``/``close`` streams, ``push`` packets to them, and ``await run()`` once per tick.
 
-    ``workers`` processes share the streams (each new stream goes to the one with the fewest); a tick's requests go
-    to all of them at once, so decoding and VAD use as many cores as there are workers. A lost worker is replaced
-    and only its own streams start over.
+    ``workers`` processes share the streams (each new stream goes to the one with the fewest), so decoding and VAD
+    use as many cores as there are workers. ``run(shard)`` serves one worker's streams, ``run()`` all of them at
+    once; the device server runs each shard on its own tick, staggered, so the workers do not all want the CPU at
+    the same moment. At most one run per shard at a time. A lost worker is replaced and only its streams start over.
     """
 
     def __init__(
@@ -326,31 +331,34 @@ class UplinkAnalyzer:
         self._workers = [_Worker(i, self.model_path, reply_timeout_s) for i in range(workers)]
         self._streams: dict[int, UplinkStream] = {}
         self._worker_of: dict[int, _Worker] = {}
-        self._opened: list[UplinkStream] = []
-        self._closed: list[int] = []
         self._next_id = 1
-        self._running = False
         self.restarts = 0
 
     def __len__(self) -> int:
         return len(self._streams)
 
+    @property
+    def shards(self) -> int:
+        """How many workers (``run(shard)`` takes 0 … shards-1)."""
+        return len(self._workers)
+
     def open(self, config: VadConfig | None = None) -> UplinkStream:
         stream = UplinkStream(self._next_id, config or self.config)
         self._next_id += 1
         self._streams[stream.id] = stream
-        worker = min(self._workers, key=lambda w: w.streams)
-        worker.streams += 1
+        worker = min(self._workers, key=lambda w: len(w.members))
+        worker.members[stream.id] = stream
+        worker.opened.append(stream)
         self._worker_of[stream.id] = worker
-        self._opened.append(stream)
         return stream
 
     def close(self, stream: UplinkStream) -> None:
         stream.closed = True
         stream._packets = []
         if self._streams.pop(stream.id, None) is not None:
-            self._worker_of[stream.id].streams -= 1
-            self._closed.append(stream.id)
+            worker = self._worker_of.pop(stream.id)
+            del worker.members[stream.id]
+            worker.closed.append(stream.id)
 
     # -- the workers' life --
 
@@ -363,61 +371,56 @@ class UplinkAnalyzer:
 
     # -- one tick --
 
-    async def run(self) -> dict[int, StreamReport]:
-        """Send every stream's new packets (and opens, closes, resets) to the workers; return their reports."""
-        if self._running:
-            raise RuntimeError("UplinkAnalyzer.run() is already running")
-        self._running = True
-        requests: dict[_Worker, tuple[list[Any], list[int], list[Any]]] = {w: ([], [], []) for w in self._workers}
-        for s in self._opened:
-            if not s.closed:
-                requests[self._worker_of[s.id]][0].append((s.id, s.config))
-        self._opened = []
-        for stream_id in self._closed:
-            requests[self._worker_of.pop(stream_id)][1].append(stream_id)
-        self._closed = []
+    async def run(self, shard: int | None = None) -> dict[int, StreamReport]:
+        """Send the streams' new packets (and opens, closes, resets) to one worker, or to all; return the reports."""
+        if shard is not None:
+            return await self._run(self._workers[shard])
+        reports: dict[int, StreamReport] = {}
+        for part in await asyncio.gather(*(self._run(w) for w in self._workers)):
+            reports.update(part)
+        return reports
+
+    async def _run(self, worker: _Worker) -> dict[int, StreamReport]:
+        if worker.running:
+            raise RuntimeError(f"UplinkAnalyzer.run() is already running for worker {worker.index}")
+        opened = [(s.id, s.config) for s in worker.opened if not s.closed]
+        closed, worker.opened, worker.closed = worker.closed, [], []
+        items = []
         sent = []
-        for stream in self._streams.values():
+        for stream in worker.members.values():
             if stream._packets or stream._reset:
-                requests[self._worker_of[stream.id]][2].append((stream.id, stream._reset, stream._packets))
+                items.append((stream.id, stream._reset, stream._packets))
                 stream._reset_sent = stream._reset
                 stream._reset = False
                 stream._packets = []
                 sent.append(stream)
-        busy = [w for w, request in requests.items() if any(request)]
+        if not (opened or closed or items):
+            return {}
+        worker.running = True
         try:
-            replies = await asyncio.gather(
-                *(asyncio.to_thread(w.exchange, requests[w]) for w in busy), return_exceptions=True
-            )
+            reply = await asyncio.to_thread(worker.exchange, (opened, closed, items))
+            if isinstance(reply, tuple):
+                raise RuntimeError(f"uplink worker failed: {reply[1]}")
+        except (EOFError, OSError, RuntimeError) as exc:  # OSError includes TimeoutError (a hung worker)
+            log.error("uplink worker %d lost (%s); starting a new one, its streams start over", worker.index, exc)
+            return await self._restart(worker)
         finally:
-            self._running = False
+            worker.running = False
             for stream in sent:
                 stream._reset_sent = False
-        reports: dict[int, StreamReport] = {}
-        for worker, reply in zip(busy, replies, strict=True):
-            if isinstance(reply, tuple):
-                reply = RuntimeError(f"uplink worker failed: {reply[1]}")
-            if isinstance(reply, EOFError | OSError | RuntimeError):  # OSError includes TimeoutError (hung worker)
-                log.error("uplink worker %d lost (%s); starting a new one, its streams start over", worker.index, reply)
-                reports.update(await self._restart(worker))
-            elif isinstance(reply, BaseException):
-                raise reply
-            else:
-                reports.update(reply)
-        for stream_id, report in reports.items():
-            stream = self._streams.get(stream_id)
-            if stream is not None and not stream._reset and not report.restarted:
+        for stream_id, report in reply.items():
+            stream = worker.members.get(stream_id)
+            if stream is not None and not stream._reset:
                 stream.evaluated_samples = report.evaluated
-        return reports
+        return reply
 
     async def _restart(self, worker: _Worker) -> dict[int, StreamReport]:
         self.restarts += 1
         await asyncio.to_thread(worker.stop)
-        mine = [s for s in self._streams.values() if self._worker_of[s.id] is worker]
-        self._opened = [s for s in self._opened if self._worker_of.get(s.id) is not worker]
-        self._opened += mine
+        worker.opened = list(worker.members.values())
+        worker.closed = []
         reports = {}
-        for stream in mine:
+        for stream in worker.members.values():
             stream._packets = []
             stream._reset = False
             stream.evaluated_samples = 0
