@@ -86,6 +86,7 @@ def test_environment_overrides_with_the_design_names(tmp_path: Path) -> None:
         ("memory: {provider: mem0}\n", {}, "provider: must be one of 'postgres', 'redis' or 'nomemo' (got 'mem0')"),
         ("database: {}\n", {"DB_PORT": "abc"}, "database.port [env DB_PORT]: Input should be a valid integer"),
         ("conversation: {message_retention_days: -1}\n", {}, "conversation.message_retention_days"),
+        ("server: {uplink_workers: 0}\n", {}, "server.uplink_workers: Input should be greater than or equal to 1"),
     ],
 )
 def test_invalid_values_name_the_file_key_and_what_is_allowed(
