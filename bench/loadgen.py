@@ -143,7 +143,8 @@ async def mode_uplink(args: argparse.Namespace) -> dict[str, Any]:
     # Every device sends one packet per 60 ms, device i at offset 60 ms * i / n (the devices do not all send at the
     # same moment) and from its own point of the clip. One task walks that schedule and writes frames built once,
     # straight to each socket: the load generator shares the server's two cores, so it must cost as little as it
-    # can (one task per device with its own sleep and ``ws.send`` cost ~4x the CPU; the server sees the same bytes).
+    # can (one task per device with its own sleep and ``ws.send`` cost twice the CPU; the server sees the same
+    # bytes).
     frames = [_masked_binary_frame(packet) for packet in packets]
     transports = [ws.transport for ws in conns]
 

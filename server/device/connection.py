@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 UPLINK_RATE = 16000  # every uplink is decoded at 16 kHz: what VAD and ASR want (opus decodes at any rate)
 PREROLL_S = 0.3  # audio kept before the VAD's speech start
-PAD_S = SEGMENT_PAD_S  # audio kept around the speech segment (for ASR, and when it is saved)
 MAX_UTTERANCE_S = 60.0
 # A decoder started in the middle of a stream glitches on its first packet (measured: Whisper then heard "Below
 # now" for "Hello now"); decoding the two packets before the segment first, and dropping them, avoids it.
@@ -423,8 +422,8 @@ class DeviceConnection:
 
     def _take_segment(self, start: int, end: int) -> Utterance:
         """The speech only (VAD-trimmed, with a little padding) — not the silence around it."""
-        lo = start - int(PAD_S * UPLINK_RATE)
-        hi = end + int(PAD_S * UPLINK_RATE)
+        lo = start - int(SEGMENT_PAD_S * UPLINK_RATE)
+        hi = end + int(SEGMENT_PAD_S * UPLINK_RATE)
         before = [c for c in self._chunks if c.offset + c.samples <= lo][-WARMUP_PACKETS:]
         chunks = [c for c in self._chunks if c.offset + c.samples > lo and c.offset < hi]
         while self._chunks and self._chunks[0].offset < hi:  # later audio may already hold the next utterance

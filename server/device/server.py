@@ -144,7 +144,9 @@ class DeviceServer:
             self._warmup.cancel()
         for task in self._vad_tasks:
             task.cancel()
-        await asyncio.gather(*self._vad_tasks, return_exceptions=True)
+        for task in self._vad_tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self._vad_tasks = []
         if self._ota is not None:
             await self._ota.stop()

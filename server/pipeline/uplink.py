@@ -326,16 +326,14 @@ class UplinkAnalyzer:
         if workers < 1:
             raise ValueError(f"need at least one uplink worker, got {workers}")
         self.config = config or VadConfig()
-        self.reply_timeout_s = reply_timeout_s
-        self.model_path = str(model_path) if model_path is not None else None
-        self._workers = [_Worker(i, self.model_path, reply_timeout_s) for i in range(workers)]
-        self._streams: dict[int, UplinkStream] = {}
-        self._worker_of: dict[int, _Worker] = {}
+        path = str(model_path) if model_path is not None else None
+        self._workers = [_Worker(i, path, reply_timeout_s) for i in range(workers)]
+        self._worker_of: dict[int, _Worker] = {}  # open stream id → the worker serving it
         self._next_id = 1
         self.restarts = 0
 
     def __len__(self) -> int:
-        return len(self._streams)
+        return len(self._worker_of)
 
     @property
     def shards(self) -> int:
@@ -345,7 +343,6 @@ class UplinkAnalyzer:
     def open(self, config: VadConfig | None = None) -> UplinkStream:
         stream = UplinkStream(self._next_id, config or self.config)
         self._next_id += 1
-        self._streams[stream.id] = stream
         worker = min(self._workers, key=lambda w: len(w.members))
         worker.members[stream.id] = stream
         worker.opened.append(stream)
@@ -355,8 +352,8 @@ class UplinkAnalyzer:
     def close(self, stream: UplinkStream) -> None:
         stream.closed = True
         stream._packets = []
-        if self._streams.pop(stream.id, None) is not None:
-            worker = self._worker_of.pop(stream.id)
+        worker = self._worker_of.pop(stream.id, None)
+        if worker is not None:
             del worker.members[stream.id]
             worker.closed.append(stream.id)
 
