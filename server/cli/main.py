@@ -151,11 +151,15 @@ async def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     async def run(rt: StorageRuntime) -> int:
         assert rt.pool is not None
         async with rt.pool.acquire() as conn:
+            missing = await schema.missing_deferred(conn)
             applied = await schema.upgrade(conn)
             state = await schema.status(conn)
         for migration in applied:
             print(f"applied {migration.version:04d}_{migration.name}")
-        print(f"schema version {state.current} (latest {state.latest})" + ("" if applied else ": already up to date"))
+        for name in missing:
+            print(f"built {name} (a bulk load had dropped it)")
+        done = applied or missing
+        print(f"schema version {state.current} (latest {state.latest})" + ("" if done else ": already up to date"))
         return 0
 
     return await _with_runtime(settings, run, events=False, schema_mode="none", audio=False)
@@ -174,6 +178,8 @@ async def cmd_db_status(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  {migration.version:04d}_{migration.name}  PENDING (run: xiaozhi db upgrade)")
         for version in state.modified:
             print(f"  {version:04d}  MODIFIED since it was applied")
+        for name in state.missing:
+            print(f"  {name}  MISSING: a bulk load was cut off (run: xiaozhi db upgrade)")
         return 0 if state.up_to_date else 3
 
     return await _with_runtime(settings, run, events=False, schema_mode="none", audio=False)

@@ -21,11 +21,10 @@ from typing import Any
 
 import asyncpg
 
-from server.migrate.errors import MigrationError
 from server.migrate.mysql_source import MysqlSource
 from server.migrate.mysql_tables import Column, TableSpec
+from server.migrate.pg_target import on_target
 from server.migrate.report import Report
-from server.storage.db import TRANSIENT_ERRORS
 
 Row = tuple[Any, ...]
 
@@ -152,20 +151,17 @@ class TableWriter:
             self.refused.setdefault(self.spec.name, set()).add(row_id)
 
     async def process(self, rows: list[Row]) -> None:
-        try:
-            rows = await self._unique_keys(rows)
-            rows = await self._references(rows)
-            if not rows:
-                return
-            if self.dry_run:
-                await self._classify(rows)
-            else:
-                await self._write(rows)
-        except TRANSIENT_ERRORS as exc:
-            raise MigrationError(
-                f"lost the target PostgreSQL during {self.spec.name}: {exc or type(exc).__name__}; re-run the same "
-                "command to continue (finished batches are kept, nothing is duplicated)"
-            ) from None
+        await on_target(self._process(rows), during=f" during {self.spec.name}")
+
+    async def _process(self, rows: list[Row]) -> None:
+        rows = await self._unique_keys(rows)
+        rows = await self._references(rows)
+        if not rows:
+            return
+        if self.dry_run:
+            await self._classify(rows)
+        else:
+            await self._write(rows)
 
     # ---- checks ---------------------------------------------------------------------------------------
 

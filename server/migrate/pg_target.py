@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncpg
 
 from server.config import DatabaseSettings, PoolSettings
 from server.migrate.errors import MigrationError
 from server.storage import schema
-from server.storage.db import connect, describe
+from server.storage.db import TRANSIENT_ERRORS, connect, describe
 from server.storage.errors import StorageError
+
+T = TypeVar("T")
 
 # A migration's batches are big and few: give a statement minutes, not the server's 30 s.
 MIGRATION_POOL = PoolSettings(min_idle=1, max_open=2, command_timeout_s=600.0, connect_timeout_s=10.0)
@@ -106,4 +110,17 @@ async def pin_index_plans(conn: asyncpg.Connection) -> None:
 
 
 async def count_rows(conn: asyncpg.Connection, table: str) -> int:
-    return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+    async with conn.transaction():
+        await conn.execute("SET LOCAL enable_seqscan = on")  # counting all rows: a scan beats the pinned index plan
+        return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+
+
+async def on_target(work: Awaitable[T], *, during: str = "") -> T:
+    """``work``, with a lost connection to the target turned into one line the operator can act on."""
+    try:
+        return await work
+    except TRANSIENT_ERRORS as exc:
+        raise MigrationError(
+            f"lost the target PostgreSQL{during}: {exc or type(exc).__name__}; re-run the same command to continue "
+            "(finished batches are kept, nothing is duplicated)"
+        ) from None

@@ -9,18 +9,20 @@ reading goes on while they write.
 from __future__ import annotations
 
 import asyncio
+import sys
 import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
-from server.migrate.pg_target import Target, count_rows
+from server.migrate.pg_target import Target, count_rows, on_target
 from server.migrate.progress import Progress
 from server.migrate.redis_source import RedisSource, Refused, SourceKey, Survey, decode_message
 from server.migrate.redis_writer import ConversationWriter, KeySlice, WriteCounts
 from server.migrate.report import Report
 from server.migrate.sessions_split import SessionSplitter, list_session_id, message_id
+from server.storage import schema
 
 PROMPT_BATCH = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -36,6 +38,7 @@ class RedisResult:
     prompts_skipped: int = 0
     counts: WriteCounts = field(default_factory=WriteCounts)
     target: dict[str, int] = field(default_factory=dict)
+    deferred: list[str] = field(default_factory=list)  # indexes and constraints dropped for the load, built after it
 
     @property
     def skipped(self) -> int:
@@ -196,6 +199,11 @@ async def migrate_redis(
         prompts.clear()
 
     chunk = max(100, min(batch_size, 5000))
+    if not dry_run:
+        result.deferred = await schema.drop_deferrable(target.conn, "conversation_messages")
+        for lane in lanes:
+            lane.writer.fresh = bool(result.deferred)
+    built = False
     try:
         with Progress("messages", result.survey.records, unit="msgs", stream=progress_stream) as bar:
             async for skey in source.keys(bad_key):
@@ -220,11 +228,21 @@ async def migrate_redis(
                 await lane.settle()
             if prompts:
                 await flush_prompts()
+        if result.deferred:
+            print("building the indexes over the loaded messages …", file=progress_stream or sys.stderr)
+            await on_target(schema.build_missing(*conns), during=" building the indexes")
+        built = True
     finally:
         for lane in lanes:
             await lane.cancel()
         for conn in conns[1:]:
             await conn.close()
+        if result.deferred and not built:
+            print(
+                "note: the messages' indexes and foreign key were dropped for this bulk load and are not built yet; "
+                "re-running the same command, 'xiaozhi db upgrade' or the server's start builds them",
+                file=progress_stream or sys.stderr,
+            )
     for table in ("conversation_sessions", "conversation_messages", "system_prompts"):
         now = 0 if target.schema_missing else await count_rows(target.conn, table)
         if dry_run:
@@ -264,5 +282,10 @@ def summary_lines(result: RedisResult, *, dry_run: bool) -> list[str]:
         f"system prompts: {c.prompts_new:,} {new}, {c.prompts_updated:,} updated, {c.prompts_unchanged:,} unchanged, "
         f"{result.prompts_skipped:,} skipped",
         f"keys skipped: {result.keys_skipped:,}",
+        *(
+            [f"indexes and foreign key: {len(result.deferred)} built once after the load (the target held no messages)"]
+            if result.deferred
+            else []
+        ),
         "target: " + ", ".join(f"{t} {n:,}" for t, n in result.target.items()),
     ]

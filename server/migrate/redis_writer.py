@@ -24,9 +24,8 @@ from typing import Any
 
 import asyncpg
 
-from server.migrate.errors import MigrationError
+from server.migrate.pg_target import on_target
 from server.migrate.report import Report
-from server.storage.db import TRANSIENT_ERRORS
 
 # One record: what the reader produces (``pos`` orders a key's records; the sequence number comes later).
 Record = tuple[str, str, str, int, str, str, str | None, str | None, str | None, str | None, datetime]
@@ -130,15 +129,10 @@ class ConversationWriter:
         self.dry_run = dry_run
         self.schema_missing = schema_missing
         self.counts = counts or WriteCounts()  # lanes share one
-
-    async def _guard(self, coro: Any) -> Any:
-        try:
-            return await coro
-        except TRANSIENT_ERRORS as exc:
-            raise MigrationError(
-                f"lost the target PostgreSQL: {exc or type(exc).__name__}; re-run the same command to continue "
-                "(finished batches are kept, nothing is duplicated)"
-            ) from None
+        # The target held no messages when this run began: a message already there can only be one that the
+        # unique index on message_id refuses, and a refused batch is redone key by key with the look-up. So the
+        # first try skips looking its ids up (a fifth of the writers' time).
+        self.fresh = False
 
     # ---- messages -------------------------------------------------------------------------------------
 
@@ -147,9 +141,9 @@ class ConversationWriter:
         if not slices:
             return
         if self.dry_run:
-            await self._guard(self._classify(slices))
+            await on_target(self._classify(slices))
         else:
-            await self._guard(self._write(slices))
+            await on_target(self._write(slices))
 
     async def _classify(self, slices: Sequence[KeySlice]) -> None:
         ids = [r[2] for s in slices for r in s.records]
@@ -163,13 +157,16 @@ class ConversationWriter:
         self.counts.messages_new += len(ids) - present
         self.counts.sessions_new += len(sessions) - known
 
-    async def _insert(self, slices: Sequence[KeySlice]) -> tuple[int, int]:
-        """(sessions created, messages inserted); the caller holds a transaction or savepoint."""
+    async def _insert(self, slices: Sequence[KeySlice], *, look_up: bool = True) -> tuple[int, int]:
+        """(sessions created, messages inserted); the caller holds a transaction or savepoint. ``look_up``:
+        leave out the messages already stored (else the unique index refuses them)."""
         columns = _sessions(slices)
         created = sum(1 for r in await self.conn.fetch(_UPSERT_SESSIONS, *columns) if r["created"])
         last = {r["session_id"]: r["last_seq"] for r in await self.conn.fetch(_LAST_SEQ, columns[0])}
-        ids = [r[2] for piece in slices for r in piece.records]
-        seen = {r["message_id"] for r in await self.conn.fetch(_PRESENT, ids)}
+        seen: set[str] = set()
+        if look_up:
+            ids = [r[2] for piece in slices for r in piece.records]
+            seen = {r["message_id"] for r in await self.conn.fetch(_PRESENT, ids)}
         rows: list[tuple[Any, ...]] = []
         counters: dict[str, list[Any]] = {}  # session → [top, n, tools, last_at]
         for piece in slices:
@@ -198,7 +195,7 @@ class ConversationWriter:
         total = sum(len(s.records) for s in slices)
         try:
             async with self.conn.transaction():
-                created, inserted = await self._insert(slices)
+                created, inserted = await self._insert(slices, look_up=not self.fresh)
             refused = 0
         except asyncpg.PostgresError:
             created = inserted = refused = 0
@@ -244,7 +241,7 @@ class ConversationWriter:
             if self.schema_missing:
                 self.counts.prompts_new += len(prompts)
                 return
-            rec = await self._guard(self.conn.fetchrow(_CLASSIFY_PROMPTS, devices, texts))
+            rec = await on_target(self.conn.fetchrow(_CLASSIFY_PROMPTS, devices, texts))
             new, changed = rec["new"], rec["changed"]
         else:
 
@@ -252,7 +249,7 @@ class ConversationWriter:
                 async with self.conn.transaction():
                     return await self.conn.fetch(_UPSERT_PROMPTS, devices, texts)
 
-            rows = await self._guard(upsert())
+            rows = await on_target(upsert())
             new = sum(1 for r in rows if r["created"])
             changed = len(rows) - new
         self.counts.prompts_new += new

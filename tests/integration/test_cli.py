@@ -10,7 +10,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from server.config import DatabaseSettings
+from server.storage import schema
 from server.storage.conversation_store import ConversationStore
+from server.storage.db import connect
 from server.storage.models import NewMessage
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.support.device import ScriptedDevice
@@ -52,6 +54,25 @@ async def test_db_status_and_upgrade_on_a_fresh_database(tmp_path: Path, fresh_d
     assert again.returncode == 0 and "already up to date" in again.stdout
     after = await xiaozhi("-c", cfg, "db", "status")
     assert after.returncode == 0 and "schema version 2 of 2" in after.stdout
+
+
+async def test_db_status_names_what_a_cut_off_bulk_load_dropped_and_upgrade_builds_it(
+    tmp_path: Path, db: DatabaseSettings
+) -> None:
+    conn = await connect(db)
+    try:
+        dropped = await schema.drop_deferrable(conn, "conversation_messages")  # a migration cut off mid-load
+    finally:
+        await conn.close()
+    cfg = str(config_for(tmp_path, db))
+    status = await xiaozhi("-c", cfg, "db", "status")
+    assert status.returncode == 3
+    for name in dropped:
+        assert f"{name}  MISSING: a bulk load was cut off (run: xiaozhi db upgrade)" in status.stdout
+    up = await xiaozhi("-c", cfg, "db", "upgrade")
+    assert up.returncode == 0 and "built conversation_messages_content_trgm_idx" in up.stdout
+    after = await xiaozhi("-c", cfg, "db", "status")
+    assert after.returncode == 0 and "MISSING" not in after.stdout
 
 
 async def test_retention_dry_run_then_run_and_sessions_listing(

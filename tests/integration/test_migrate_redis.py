@@ -15,10 +15,15 @@ import pytest
 import redis.asyncio as aioredis
 
 from server.config import DatabaseSettings
+from server.migrate.pg_target import open_target
+from server.migrate.redis_writer import ConversationWriter, KeySlice
+from server.migrate.report import Report
+from server.storage import schema
 from server.storage.db import connect
 from tests.support.migrate import (
     delete_prefix,
     eino,
+    messages_schema,
     migrate,
     migrate_failure,
     pg_flags,
@@ -87,8 +92,12 @@ async def test_go_layout_becomes_sessions_split_at_idle_gaps(
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     await go_dialogue(redis, prefix)
+    indexes = await messages_schema(pg)
     code, out = await migrate(capsys, "redis-to-pg", *flags(prefix, db))
     assert code == 0, out
+    # the target held no messages: its indexes and foreign key were built once after the load, as they were
+    assert "indexes and foreign key: 4 built once after the load (the target held no messages)" in out
+    assert await messages_schema(pg) == indexes
     sessions = await pg.fetch(
         "SELECT session_id, device_id, status, started_at, ended_at, message_count, tool_call_count, last_seq, "
         "last_message_at, metadata FROM conversation_sessions ORDER BY started_at"
@@ -283,6 +292,7 @@ async def test_rerun_adds_nothing_and_later_messages_continue_their_session(
     code, out = await migrate(capsys, "redis-to-pg", *flags(prefix, db))
     assert code == 0
     assert "messages: 6 read, 0 inserted, 6 already there, 0 skipped" in out
+    assert "built once after the load" not in out  # a target that holds messages keeps its indexes
     assert "system prompts: 0 inserted, 0 updated, 1 unchanged" in out
     assert sorted(map(tuple, await pg.fetch(state))) == sessions
     assert sorted(map(tuple, await pg.fetch("SELECT * FROM conversation_messages"))) == messages
@@ -306,6 +316,7 @@ async def test_interrupted_run_then_rerun_converges(
     for d in range(60):
         history = {eino("user", f"message {i} of device {d}"): NS + i * MINUTE for i in range(100)}
         await redis.zadd(f"{prefix}:llm:dev-{d:02d}", history)
+    indexes = await messages_schema(pg)
     args = flags(prefix, db, "--batch-size", "50", "--writers", "1")
     task = asyncio.create_task(migrate(capsys, "redis-to-pg", *args))
     await wait_for_rows(pg, "SELECT count(*) FROM conversation_messages", 300)
@@ -314,10 +325,14 @@ async def test_interrupted_run_then_rerun_converges(
         await task
     partial = await pg.fetchval("SELECT count(*) FROM conversation_messages")
     assert 300 <= partial < 6000
+    # the cut-off bulk load left its indexes unbuilt, and says so
+    assert "conversation_messages_content_trgm_idx" in (await schema.status(pg)).missing
+    assert "are not built yet; re-running the same command" in capsys.readouterr().err
     code, out = await migrate(capsys, "redis-to-pg", *flags(prefix, db, "--batch-size", "700"))
     assert code == 0, out
     assert f"messages: 6,000 read, {6000 - partial:,} inserted, {partial:,} already there" in out
     assert await pg.fetchval("SELECT count(*), count(DISTINCT message_id) FROM conversation_messages") == 6000
+    assert await messages_schema(pg) == indexes and (await schema.status(pg)).up_to_date
     # the same result as one uninterrupted run: one 100-message session per device, numbered 1..100
     sessions = await pg.fetch("SELECT device_id, message_count, last_seq FROM conversation_sessions")
     assert len(sessions) == 60 and {(r["message_count"], r["last_seq"]) for r in sessions} == {(100, 100)}
@@ -327,6 +342,35 @@ async def test_interrupted_run_then_rerun_converges(
         "WHERE sequence_num <> n"
     )
     assert out_of_order == 0
+
+
+async def test_a_first_load_skips_the_look_up_but_never_stores_a_message_twice(
+    db: DatabaseSettings, pg: asyncpg.Connection, tmp_path: Path
+) -> None:
+    # On a target that held no messages the writer's first try skips looking its ids up; should one be there
+    # after all (another run writing meanwhile), the unique index refuses the batch and the key-by-key retry
+    # looks them up.
+    at = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
+
+    def record(mid: str, pos: int, text: str) -> tuple:
+        return ("s-1", MAC, mid, pos, "user", text, None, None, None, None, at.replace(minute=pos))
+
+    report = Report(tmp_path / "report.jsonl")
+    target = await open_target(db, dry_run=False)  # a connection set up as the migration's are
+    try:
+        earlier = ConversationWriter(target.conn, report, dry_run=False, schema_missing=False)
+        await earlier.write([KeySlice("k", records=[record("m-1", 1, "hello")], locs=[1], raws=[b"1"])])
+        writer = ConversationWriter(target.conn, report, dry_run=False, schema_missing=False)
+        writer.fresh = True
+        both = [record("m-1", 1, "hello"), record("m-2", 2, "again")]
+        await writer.write([KeySlice("k", records=both, locs=[1, 2], raws=[b"1", b"2"])])
+    finally:
+        report.close()
+        await target.close()
+    assert (writer.counts.messages_new, writer.counts.messages_present, writer.counts.messages_refused) == (1, 1, 0)
+    rows = await pg.fetch("SELECT message_id, sequence_num FROM conversation_messages ORDER BY sequence_num")
+    assert [tuple(r) for r in rows] == [("m-1", 1), ("m-2", 2)]
+    assert await pg.fetchval("SELECT message_count FROM conversation_sessions WHERE session_id = 's-1'") == 2
 
 
 async def test_a_large_history_with_equal_scores_is_read_in_chunks_exactly_once(

@@ -7,6 +7,7 @@ from server.config import DatabaseSettings
 from server.storage import schema
 from server.storage.db import connect
 from server.storage.errors import SchemaError
+from tests.support.migrate import messages_schema
 
 EXPECTED_TABLES = {
     "users",
@@ -101,3 +102,49 @@ async def test_integrity_constraints_the_references_lacked(db: DatabaseSettings)
             )
     finally:
         await conn.close()
+
+
+async def test_a_bulk_loads_dropped_indexes_are_reported_and_rebuilt_exactly(db: DatabaseSettings) -> None:
+    conn = await connect(db)
+    try:
+        original = await messages_schema(conn)
+        dropped = await schema.drop_deferrable(conn, "conversation_messages")
+        assert set(dropped) == {item.name for item in schema.DEFERRABLE}
+        left = " ".join(await messages_schema(conn))
+        assert not [name for name in dropped if name in left]
+        state = await schema.status(conn)
+        assert sorted(state.missing) == sorted(dropped) and not state.up_to_date
+        await schema.upgrade(conn)  # what `xiaozhi db upgrade` and every server start run
+        assert await messages_schema(conn) == original
+        assert (await schema.status(conn)).up_to_date
+    finally:
+        await conn.close()
+
+
+async def test_a_table_that_holds_rows_keeps_its_indexes(db: DatabaseSettings) -> None:
+    conn = await connect(db)
+    try:
+        await conn.execute("INSERT INTO conversation_sessions (session_id, device_id) VALUES ('s1', 'd1')")
+        await conn.execute(
+            "INSERT INTO conversation_messages (session_id, device_id, message_id, sequence_num, role, content) "
+            "VALUES ('s1', 'd1', 'm1', 1, 'user', 'hello')"
+        )
+        original = await messages_schema(conn)
+        assert await schema.drop_deferrable(conn, "conversation_messages") == []
+        assert await messages_schema(conn) == original
+    finally:
+        await conn.close()
+
+
+async def test_rebuilding_side_by_side_on_two_connections(db: DatabaseSettings) -> None:
+    first, second = await connect(db), await connect(db)
+    try:
+        original = await messages_schema(first)
+        await schema.drop_deferrable(first, "conversation_messages")
+        built = await schema.build_missing(first, second)
+        assert sorted(built) == sorted(item.name for item in schema.DEFERRABLE)
+        assert await messages_schema(first) == original
+        assert await schema.build_missing(first, second) == []
+    finally:
+        await first.close()
+        await second.close()

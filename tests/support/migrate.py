@@ -193,3 +193,13 @@ def report_files(folder: Path) -> list[Path]:
 
 def report_entries(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+
+
+async def messages_schema(conn: Any) -> set[str]:
+    """conversation_messages' indexes and constraints, as PostgreSQL defines them."""
+    rows = await conn.fetch(
+        "SELECT indexname || ': ' || indexdef FROM pg_indexes WHERE tablename = 'conversation_messages' "
+        "UNION ALL SELECT conname || ': ' || pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE conrelid = 'conversation_messages'::regclass"
+    )
+    return {r[0] for r in rows}
