@@ -8,6 +8,7 @@ and cached by text in the temp dir.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import io
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import opuslib_next
 
-__all__ = ["RATE", "noise", "silence", "spoken_pcm16k", "to_opus_packets"]
+__all__ = ["RATE", "heard_as", "noise", "silence", "spoken_pcm16k", "to_opus_packets"]
 
 RATE = 16000
 _CACHE_DIR = Path(tempfile.gettempdir()) / "xiaozhi-test-speech"
@@ -88,3 +89,14 @@ def to_opus_packets(pcm: np.ndarray, frame_ms: int = 60, bitrate: int = 24000) -
     pcm = np.asarray(pcm, dtype=np.int16)
     padded = np.concatenate([pcm, np.zeros(-len(pcm) % n, dtype=np.int16)])
     return [encoder.encode(padded[i : i + n].tobytes(), n) for i in range(0, len(padded), n)]
+
+
+def heard_as(heard: str, said: str, at_least: float = 0.7) -> bool:
+    """Whether a transcription is the phrase that was said, give or take a misheard word: Whisper tiny on
+    espeak's voice through a PulseAudio loop once heard "What type of it?" for "what time is it" (a similarity
+    of 0.73), while audio that did not arrive gives "you" or nothing (0 – 0.25)."""
+
+    def words(text: str) -> str:
+        return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+    return difflib.SequenceMatcher(None, words(heard), words(said)).ratio() >= at_least
