@@ -77,6 +77,7 @@ HELLO_TIMEOUT_S = 10.0  # firmware: wait 10 s for the server hello, then "server
 CHANNEL_TIMEOUT_S = 120.0  # firmware IsTimeout(): nothing received for 120 s = channel dead
 UPLINK_AUDIO_PARAMS = {"format": "opus", "sample_rate": 16000, "channels": 1, "frame_duration": 60}
 MAX_MESSAGE_BYTES = 2**20
+EARLY_MESSAGES = 32  # messages kept from before the server hello, handled once it came
 
 
 @dataclass
@@ -235,7 +236,7 @@ class DeviceClient:
         try:
             ws = await self._handshake()
             try:
-                hello = await self._await_hello(ws)
+                hello, early = await self._await_hello(ws)
             except BaseException:
                 await ws.close()
                 raise
@@ -250,6 +251,22 @@ class DeviceClient:
         self.downlink_frame_ms = hello.frame_duration
         self.playback.set_frame_ms(hello.frame_duration)
         self._decoder = OpusDecoder(hello.sample_rate) if self.decode_audio else None
+        if self.version != 1 and hello.version != self.version:
+            # The public reference servers frame no audio (raw opus, version 1) and say so, or nothing, in their
+            # hello: framing ours as version 2 or 3 would make every packet noise to them, and theirs to us.
+            said = "does not say which" if hello.version is None else f"says version {hello.version}"
+            self._protocol_error(
+                f"asked for binary protocol version {self.version}, but the server's hello {said}: "
+                "sending and reading raw opus (version 1) instead"
+            )
+            self.version = 1
+        for message in early:
+            try:
+                await self._dispatch(message)
+            except ConnectionClosed:
+                break  # the reader sees the close
+            except Exception as exc:  # as in the reader: a simulator bug must not take the device down
+                self._protocol_error(f"internal error handling a server message: {exc!r}")
         self._reader = asyncio.create_task(self._read_loop(ws), name=f"sim-reader:{self.identity.device_id}")
         self._player = asyncio.create_task(self._play_loop(), name=f"sim-player:{self.identity.device_id}")
 
@@ -282,7 +299,10 @@ class DeviceClient:
         except InvalidHandshake as exc:
             raise SimulatorError(f"WebSocket handshake with {url} failed: {_one_line(str(exc))}") from None
 
-    async def _await_hello(self, ws: ClientConnection) -> ServerHello:
+    async def _await_hello(self, ws: ClientConnection) -> tuple[ServerHello, list[ServerMessage]]:
+        """The server hello, and the messages that came before it (a server may send MCP ``initialize`` first;
+        the firmware handles every non-hello message whenever it comes)."""
+        early: list[ServerMessage] = []
         await ws.send(
             json.dumps(
                 {"type": "hello", "version": self.version, "features": {"mcp": True}, "transport": "websocket",
@@ -301,13 +321,16 @@ class DeviceClient:
                         self._protocol_error(f"before hello: {exc}")
                         continue
                     if not isinstance(message, ServerHello):
-                        self._protocol_error(f"before hello: ignored a {type(message).__name__} message")
+                        if len(early) < EARLY_MESSAGES:
+                            early.append(message)
+                        else:
+                            self._protocol_error(f"before hello: ignored a {type(message).__name__} message")
                         continue
                     if message.transport != "websocket":
                         # The firmware ignores such a hello and times out.
                         self._protocol_error(f"server hello has transport {message.transport!r}, not 'websocket'")
                         continue
-                    return message
+                    return message, early
         except TimeoutError:
             raise ChannelUnavailable(f"server hello missing or late: none within {self.hello_timeout_s:g} s") from None
         except ConnectionClosed as exc:

@@ -51,6 +51,7 @@ class ServerHello:
     session_id: str
     sample_rate: int = DEFAULT_DOWNLINK_SAMPLE_RATE
     frame_duration: int = DEFAULT_DOWNLINK_FRAME_DURATION
+    version: int | None = None  # the binary protocol version the server says it speaks (None: it does not say)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +136,13 @@ def _parse_hello(obj: dict[str, Any]) -> ServerHello:
             raise ServerMessageError(f"hello: audio_params must be an object, got {_show(params)}")
         sample_rate = _audio_param(params, "sample_rate", OPUS_SAMPLE_RATES, sample_rate)
         frame_duration = _audio_param(params, "frame_duration", FRAME_DURATIONS_MS, frame_duration)
+    version = obj.get("version")
     return ServerHello(
         transport=transport if isinstance(transport, str) else "",
         session_id=session_id if isinstance(session_id, str) else "",
         sample_rate=sample_rate,
         frame_duration=frame_duration,
+        version=version if isinstance(version, int) and not isinstance(version, bool) else None,
     )
 
 

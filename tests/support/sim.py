@@ -117,9 +117,10 @@ async def silent_server(*, refuse: int | None = None, garbage: bool = False) -> 
 
     async def handler(ws: ServerConnection) -> None:
         with contextlib.suppress(Exception):
-            await ws.recv()  # the device's hello
+            asked = json.loads(await ws.recv())  # the device's hello
             if garbage:
                 await ws.send(json.dumps({"type": "hello", "transport": "websocket", "session_id": "s-1",
+                                          "version": asked.get("version"),
                                           "audio_params": {"sample_rate": 24000, "frame_duration": 60}}))  # fmt: skip
                 while "detect" not in str(await ws.recv()):  # the typed text
                     pass

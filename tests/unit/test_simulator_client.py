@@ -77,9 +77,11 @@ async def recv_json(ws: ServerConnection, fake: Fake) -> dict[str, Any]:
         fake.received.append(data)
 
 
-async def hello(ws: ServerConnection, fake: Fake, sample_rate: int = 24000) -> None:
-    await recv_json(ws, fake)
-    await ws.send(json.dumps(messages.server_hello(SESSION, sample_rate, 60)))
+async def hello(ws: ServerConnection, fake: Fake, sample_rate: int = 24000, version: int | None = None) -> None:
+    """Answer the device's hello as our server does: the version it asked for (unless ``version`` is given)."""
+    asked = await recv_json(ws, fake)
+    said = asked["version"] if version is None else version
+    await ws.send(json.dumps(messages.server_hello(SESSION, sample_rate, 60, version=said)))
 
 
 async def send_audio(ws: ServerConnection, version: int, packet: bytes) -> None:
@@ -285,6 +287,60 @@ async def test_mcp_requests_are_answered_over_the_channel() -> None:
     assert [r.id for r in replies] == [1, 2, 3, 4]  # type: ignore[union-attr]
     assert replies[3].error is not None and replies[3].error.code == -32601  # type: ignore[union-attr]
     assert all(m["session_id"] == SESSION for m in fake.json_of_type("mcp"))
+
+
+async def test_mcp_initialize_sent_before_the_hello_is_answered_after_it() -> None:
+    # A Go reference server sends MCP initialize as soon as the socket opens, before its hello; the firmware
+    # answers it whenever it comes, and so must we (else the server never asks for the device's tools).
+    async def script(ws: ServerConnection, fake: Fake) -> None:
+        await recv_json(ws, fake)
+        await ws.send(json.dumps(messages.mcp(SESSION, mcp.initialize_request(1))))
+        await ws.send(json.dumps(messages.server_hello(SESSION, 24000, 60)))
+        await recv_json(ws, fake)
+        await ws.wait_closed()
+
+    async with fake_server(script) as (url, fake):
+        client = DeviceClient(url, IDENTITY)
+        await client.connect()
+        for _ in range(100):
+            if fake.json_of_type("mcp"):
+                break
+            await asyncio.sleep(0.02)
+        await client.close()
+    [reply] = [mcp.parse_mcp_payload(m["payload"]) for m in fake.json_of_type("mcp")]
+    assert reply.id == 1 and reply.error is None and "serverInfo" in reply.result  # type: ignore[union-attr]
+    assert client.stats.protocol_errors == 0
+
+
+@pytest.mark.parametrize("said", [1, None])
+async def test_a_server_that_speaks_only_version_1_gets_raw_opus(said: int | None) -> None:
+    # The public reference servers frame no audio; their hello says version 1 (or 0, or nothing).
+    async def script(ws: ServerConnection, fake: Fake) -> None:
+        await recv_json(ws, fake)
+        reply = messages.server_hello(SESSION, 24000, 60)
+        if said is None:
+            del reply["version"]
+        await ws.send(json.dumps(reply))
+        while not any(isinstance(m, bytes) for m in fake.received):  # listen start, then the device's packet
+            fake.received.append(await ws.recv())
+        await paced_reply(ws, 1, tts_packets(4))
+        await ws.wait_closed()
+
+    packet = tts_packets(1)[0]
+    async with fake_server(script) as (url, fake):
+        client = DeviceClient(url, IDENTITY, protocol_version=3)
+        events = client.events()
+        await client.connect()
+        await client.listen_start()
+        await client.send_opus(packet)
+        client.mark_end_of_speech()
+        report = await client.wait_for_turn(timeout=10)
+        notes = [e.message for e in events.drain() if isinstance(e, ProtocolError)]
+        await client.close()
+    assert client.version == 1
+    assert [n for n in notes if "asked for binary protocol version 3" in n and "raw opus (version 1)" in n], notes
+    assert packet in fake.received  # no v3 header in front of it
+    assert report.frames_received == report.frames_played == 4 and client.stats.bad_frames == 0
 
 
 async def test_disconnect_mid_reply_ends_the_turn_and_fails_no_one() -> None:
