@@ -16,7 +16,10 @@ import httpx
 from simulator.errors import SimulatorError
 from simulator.identity import DeviceIdentity
 
-__all__ = ["Activation", "OtaResult", "activate", "activation_url", "check_ota", "firmware_headers", "system_info"]
+__all__ = [
+    "Activation", "ActivationRefused", "OtaResult", "activate", "activation_url", "check_ota", "firmware_headers",
+    "system_info",
+]  # fmt: skip
 
 DEFAULT_APP_VERSION = "1.6.2"
 DEFAULT_BOARD = "xiaozhi-simulator"
@@ -226,4 +229,9 @@ async def activate(
         return "activated"
     if response.status_code == 202:
         return "pending"
-    raise SimulatorError(f"activation at {url} answered HTTP {response.status_code}: {_reason(response)}")
+    raise ActivationRefused(f"activation at {url} answered HTTP {response.status_code}: {_reason(response)}")
+
+
+class ActivationRefused(SimulatorError):
+    """The activation endpoint answered neither 200 nor 202 (some servers have none, or want a signed body
+    a v1 device cannot make): the firmware then re-checks OTA until the answer carries no activation."""

@@ -26,7 +26,7 @@ from simulator.identity import DeviceIdentity
 from simulator.inputs import AudioSource, UplinkEncoder, speak
 from simulator.mcp_tools import DeviceMcpServer
 from simulator.microphone import Microphone, SpeechEndDetector
-from simulator.ota import DEFAULT_APP_VERSION, DEFAULT_BOARD, activate
+from simulator.ota import DEFAULT_APP_VERSION, DEFAULT_BOARD, ActivationRefused, activate, check_ota
 from simulator.recorder import ConversationRecorder
 from simulator.speaker import Speaker
 from simulator.terminal import Terminal
@@ -93,14 +93,31 @@ async def create_client(options: ConnectOptions, terminal: Terminal | None = Non
 
 
 async def _activate(server: str, options: ConnectOptions, client: DeviceClient, terminal: Terminal | None) -> None:
+    """Poll ``/activate`` until the server binds the device, like the firmware. A server whose activation
+    endpoint answers anything but 200/202 is asked the OTA question again instead, until its answer no longer
+    carries an activation code (the firmware's outer loop)."""
     assert client.ota is not None and client.ota.activation is not None
     code = client.ota.activation
     if terminal is not None:
         terminal.say(f"activation code: {code.code}" + (f" — {code.message}" if code.message else ""))
     deadline = time.monotonic() + options.activation_timeout_s
+    versions = {"app_version": options.app_version, "board": options.board}
+    by_ota = False
     while True:
-        state = await activate(server, options.identity, app_version=options.app_version, board=options.board)
-        if state == "activated":
+        if by_ota:
+            answer = await check_ota(server, options.identity, **versions)
+            bound = answer.activation is None
+            if bound and answer.token and not options.token:
+                client.token = answer.token
+        else:
+            try:
+                bound = await activate(server, options.identity, **versions) == "activated"
+            except ActivationRefused as exc:
+                if terminal is not None:
+                    terminal.note(f"{exc}; asking the OTA endpoint again until the code is bound")
+                by_ota = True
+                continue
+        if bound:
             if terminal is not None:
                 terminal.note("device activated")
             return

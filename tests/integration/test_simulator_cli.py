@@ -237,3 +237,39 @@ async def test_an_activation_code_is_shown_and_polled_until_bound(
     assert "activation code: 424242 — enter 424242 in the console" in run.stdout
     assert len(polls) == 3 and "device activated" in run.stderr
     assert "xiaozhi: Hello" in run.stdout
+
+
+async def test_a_server_without_an_activation_endpoint_is_asked_again_until_bound(
+    server: DeviceServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like a Go reference server: an activation code in the OTA answer but no ``/activate`` route (404). The
+    firmware then re-checks OTA until the answer carries no code; so does the simulator."""
+    from aiohttp import web
+
+    monkeypatch.setenv("XIAOZHI_SIM_DIR", str(tmp_path / "id"))
+    monkeypatch.setattr("simulator.session.ACTIVATION_POLL_S", 0.1)
+    checks: list[str] = []
+
+    async def ota(request: web.Request) -> web.Response:
+        checks.append(request.headers["Device-Id"])
+        answer: dict[str, object] = {"websocket": {"url": server.websocket_url(), "token": f"t{len(checks)}"}}
+        if len(checks) < 4:  # bound by the user after the third answer
+            answer["activation"] = {"code": "777000", "message": "bind 777000"}
+        return web.json_response(answer)
+
+    app = web.Application()
+    app.router.add_post("/xiaozhi/ota/", ota)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        run = await run_sim_here(capsys, f"http://127.0.0.1:{port}/xiaozhi/ota/", "--text", "hello", "--no-speaker")
+    finally:
+        await runner.cleanup()
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    assert "activation code: 777000" in run.stdout
+    assert "activate answered HTTP 404" in run.stderr and "asking the OTA endpoint again" in run.stderr
+    assert len(checks) == 4 and "device activated" in run.stderr
+    assert "xiaozhi: Hello" in run.stdout
