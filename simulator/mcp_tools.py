@@ -8,8 +8,10 @@ that over a :class:`DeviceState` the tools read and change, with the firmware's 
 
 Like the firmware, ``tools/list`` pages by payload size with the next tool's *name* as cursor, and the
 "user-only" tools are listed only with ``withUserTools: true``.  Argument checking follows the declared
-JSON schema: a missing or mistyped argument is a JSON-RPC error (-32602), a value the device refuses
-(e.g. volume 150) is a tool result with ``isError: true`` so the LLM can tell the user.
+JSON schema: a missing or mistyped argument, or a value out of the declared range (volume 150: "Property
+'volume': value 150 exceeds maximum 100", the firmware's words), is a JSON-RPC error (-32602), as the firmware
+answers; the reference servers pass that message on to their LLM (an ``isError`` result's text they drop).
+A tool that fails while running (:class:`ToolFailure`) answers a result with ``isError: true``.
 """
 
 from __future__ import annotations
@@ -260,6 +262,7 @@ class DeviceMcpServer:
             value = tool.handler(checked)
             text, is_error = _result_text(value), False
         except _InvalidArguments as exc:
+            self.calls.append(ToolCallRecord(name, dict(arguments), str(exc), True))
             return self._error(request_id, mcp.INVALID_PARAMS, str(exc))
         except ToolFailure as exc:
             text, is_error = str(exc), True
@@ -279,7 +282,7 @@ def _result_text(value: Any) -> str:
 
 
 def _check_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
-    """Types and required names per the tool's schema; ranges refused as a tool failure (see module doc)."""
+    """Types, required names and integer ranges per the tool's schema (see the module doc)."""
     properties = schema.get("properties", {}) if isinstance(schema.get("properties"), dict) else {}
     required = schema.get("required", []) if isinstance(schema.get("required"), list) else []
     checked: dict[str, Any] = {}
@@ -298,9 +301,12 @@ def _check_arguments(schema: dict[str, Any], arguments: dict[str, Any]) -> dict[
                 value = int(value)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise _InvalidArguments(f"Missing valid argument: {name} (an integer is required)")
+            # the firmware's Property::set_value throws these, and DoToolCall answers them as a JSON-RPC error
             low, high = spec.get("minimum"), spec.get("maximum")
-            if (low is not None and value < low) or (high is not None and value > high):
-                raise ToolFailure(f"{name} {value} is out of range {low}-{high}")
+            if low is not None and value < low:
+                raise _InvalidArguments(f"Property '{name}': value {value} is below minimum {low}")
+            if high is not None and value > high:
+                raise _InvalidArguments(f"Property '{name}': value {value} exceeds maximum {high}")
         elif kind == "string" and not isinstance(value, str):
             raise _InvalidArguments(f"Missing valid argument: {name} (a string is required)")
         elif kind == "boolean" and not isinstance(value, bool):

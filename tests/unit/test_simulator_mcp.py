@@ -71,13 +71,18 @@ def test_set_volume_changes_the_state_and_status_reports_it() -> None:
     assert [c.name for c in server.calls] == ["self.audio_speaker.set_volume", "self.get_device_status"]
 
 
-def test_out_of_range_volume_is_an_error_result_and_changes_nothing() -> None:
+def test_out_of_range_volume_is_refused_in_the_firmwares_words_and_changes_nothing() -> None:
+    # The firmware answers a JSON-RPC error with its Property message; the reference servers hand that message
+    # to their LLM (the text of an isError result they drop), so the user hears why.
     state = DeviceState(volume=50)
     server = DeviceMcpServer(state)
-    result = mcp.parse_tool_call_result(
-        answer(server, mcp.tools_call_request(5, "self.audio_speaker.set_volume", {"volume": 150})).result
-    )
-    assert result.is_error and "out of range" in result.text and state.volume == 50
+    high = answer(server, mcp.tools_call_request(5, "self.audio_speaker.set_volume", {"volume": 150}))
+    low = answer(server, mcp.tools_call_request(6, "self.audio_speaker.set_volume", {"volume": -5}))
+    assert high.error is not None and high.error.code == mcp.INVALID_PARAMS
+    assert high.error.message == "Property 'volume': value 150 exceeds maximum 100"
+    assert low.error is not None and low.error.message == "Property 'volume': value -5 is below minimum 0"
+    assert state.volume == 50
+    assert [(c.name, c.is_error) for c in server.calls] == [("self.audio_speaker.set_volume", True)] * 2
 
 
 def test_bad_arguments_and_unknown_tools_are_json_rpc_errors() -> None:
