@@ -33,7 +33,15 @@ from simulator.microphone import Microphone
 from simulator.ota import DEFAULT_APP_VERSION, DEFAULT_BOARD
 from simulator.recorder import ConversationRecorder
 from simulator.scenario import Scenario, load_scenario, run_scenario, summary_line
-from simulator.session import DEFAULT_WAKE_WORD, ConnectOptions, DeviceSession, Keyboard, create_client, is_ota_url
+from simulator.session import (
+    DEFAULT_WAKE_WORD,
+    WAKE_GRACE_S,
+    ConnectOptions,
+    DeviceSession,
+    Keyboard,
+    create_client,
+    is_ota_url,
+)
 from simulator.speaker import Speaker
 from simulator.terminal import Terminal
 
@@ -286,7 +294,7 @@ async def _sim(args: argparse.Namespace, settings: Settings) -> int:
         if scenario is not None:
             return await _scenario(session, scenario, terminal)
         if args.wake_word:
-            await session.wake(args.wake_word, reply_grace_s=3.0)
+            await session.wake(args.wake_word, reply_grace_s=WAKE_GRACE_S)
         for kind, value in inputs:
             if kind == "text":
                 assert isinstance(value, str)

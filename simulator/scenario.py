@@ -19,8 +19,9 @@ contain, for demos and CI (``xiaozhi sim SERVER --scenario demo.yaml``; exit 0 o
         max_first_audio_ms: 3000              # end of speech → first audio
       - say: tell me a long story
         barge_in_after_ms: 800                # interrupt it (abort) after 0.8 s of audio
-      - wake: 你好小智                          # the wake word (default 你好小智); then listening
-        reply: false                          # don't wait for a reply (servers without a greeting)
+      - wake: 你好小智                          # the wake word (default 你好小智); then listening. A greeting
+                                              # is awaited only with an expect_* (some servers do not greet)
+        reply: false                          # any step: don't wait for a reply
       - pause: 1.5                            # seconds
 
 Files are checked and audio files read when the scenario is loaded, so a typo fails before connecting.
@@ -41,10 +42,10 @@ import yaml
 from server.protocol.messages import LISTEN_MODES, ListenMode
 from simulator.client import DeviceClient
 from simulator.errors import SimulatorError
-from simulator.events import AudioPlayed, EventStream, TurnFinished
+from simulator.events import AudioPlayed, EventStream, TtsState, TurnFinished
 from simulator.inputs import FileSource, speak
 from simulator.metrics import percentile
-from simulator.session import DEFAULT_WAKE_WORD, DeviceSession
+from simulator.session import DEFAULT_WAKE_WORD, WAKE_GRACE_S, DeviceSession
 from simulator.turns import TurnReport
 
 __all__ = ["Scenario", "Step", "StepResult", "load_scenario", "run_scenario"]
@@ -72,7 +73,16 @@ class Step:
     barge_in_after_ms: float | None = None
     timeout: float | None = None
     mode: ListenMode | None = None
-    reply: bool = True
+    reply: bool | None = None  # None: said and spoken turns wait for a reply, a wake word only if one is expected
+
+    @property
+    def reply_required(self) -> bool:
+        if self.reply is not None:
+            return self.reply
+        if self.action != "wake":
+            return True
+        expectations = (self.expect, self.expect_stt, self.expect_tool, self.expect_device, self.expect_clean)
+        return any(expectations) or self.max_first_audio_ms is not None or self.barge_in_after_ms is not None
 
     @property
     def label(self) -> str:
@@ -318,6 +328,8 @@ async def run_step(session: DeviceSession, scenario: Scenario, step: Step) -> St
     if step.barge_in_after_ms is not None:
         # Subscribed before the input goes out, so the reply's first audio cannot be missed.
         barge = asyncio.create_task(_barge_in(client, client.events(), step.barge_in_after_ms, timeout))
+    # a wake word with nothing expected: its greeting is optional (subscribed before it goes out)
+    greeting = client.events() if step.action == "wake" and step.reply is None and not step.reply_required else None
     try:
         if step.action == "say":
             await client.interrupt()
@@ -327,7 +339,12 @@ async def run_step(session: DeviceSession, scenario: Scenario, step: Step) -> St
             await speak(client, step.source, step.mode or scenario.mode, realtime=True)
         else:
             await client.wake_word(step.value, step.mode or scenario.mode)
-        if not step.reply:
+        if greeting is not None:
+            try:
+                await greeting.next(TtsState, where=lambda e: e.state == "start", timeout=WAKE_GRACE_S)
+            except SimulatorError:
+                return StepResult(step, [])  # no greeting: fine
+        elif not step.reply_required:
             return StepResult(step, [])
         try:
             report = await client.wait_for_turn(timeout)
@@ -340,6 +357,8 @@ async def run_step(session: DeviceSession, scenario: Scenario, step: Step) -> St
                 return StepResult(step, [f"barge-in failed: {exc}"], report)
         return StepResult(step, check(step, report, client.device), report)
     finally:
+        if greeting is not None:
+            greeting.close()
         if barge is not None and not barge.done():
             barge.cancel()
 

@@ -35,6 +35,7 @@ from simulator.turns import TurnReport
 __all__ = ["ConnectOptions", "DeviceSession", "Keyboard", "create_client", "is_ota_url"]
 
 DEFAULT_WAKE_WORD = "你好小智"
+WAKE_GRACE_S = 3.0  # after the wake word, a greeting that has not started by then is not coming
 ACTIVATION_POLL_S = 3.0  # firmware: a pending activation (HTTP 202) is polled again after 3 s
 
 
@@ -388,8 +389,8 @@ class DeviceSession:
         elif line == "/status":
             self.terminal.say(f"  device: {client.state}, {client.device.status()}")
         elif line.startswith("/wake"):
-            await self.wake(line[5:].strip() or DEFAULT_WAKE_WORD)
-            self._inputs_sent = len(client.turns) + 1
+            # some servers greet, some only listen: a greeting is played if it starts, never waited out
+            await self.wake(line[5:].strip() or DEFAULT_WAKE_WORD, reply_grace_s=WAKE_GRACE_S)
         elif line.startswith("/"):
             self.terminal.note(f"unknown command {line.split()[0]!r}; /help lists them")
         elif line == "":

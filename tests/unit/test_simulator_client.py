@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,9 @@ from simulator.client import DeviceClient
 from simulator.errors import SimulatorError
 from simulator.events import ProtocolError, StateChanged, ToolCalled
 from simulator.identity import DeviceIdentity
+from simulator.scenario import Scenario, Step, run_step
+from simulator.session import WAKE_GRACE_S, DeviceSession
+from simulator.terminal import Terminal
 
 IDENTITY = DeviceIdentity("02:11:22:33:44:55", "5b0f3a52-0000-4000-8000-00000000abcd")
 SESSION = "sess-1"
@@ -341,6 +346,30 @@ async def test_a_server_that_speaks_only_version_1_gets_raw_opus(said: int | Non
     assert [n for n in notes if "asked for binary protocol version 3" in n and "raw opus (version 1)" in n], notes
     assert packet in fake.received  # no v3 header in front of it
     assert report.frames_received == report.frames_played == 4 and client.stats.bad_frames == 0
+
+
+@pytest.mark.parametrize("greets", [False, True])
+async def test_a_wake_word_step_plays_a_greeting_if_one_comes_and_passes_if_none_does(greets: bool) -> None:
+    # Some servers answer the wake word with nothing at all (the Python reference with its default wake words);
+    # a scenario's wake step must not wait out its timeout for a greeting that is not coming.
+    async def script(ws: ServerConnection, fake: Fake) -> None:
+        await hello(ws, fake)
+        while "detect" not in json.dumps(await recv_json(ws, fake)):
+            pass
+        if greets:
+            await paced_reply(ws, 1, tts_packets(3), text="你好呀")
+        await ws.wait_closed()
+
+    async with fake_server(script) as (url, _):
+        session = DeviceSession(DeviceClient(url, IDENTITY), Terminal(io.StringIO()))
+        await session.start()
+        scenario = Scenario(Path("s.yaml"), [], timeout=30)
+        result = await asyncio.wait_for(run_step(session, scenario, Step(1, "wake", "你好小智")), WAKE_GRACE_S + 5)
+        await session.close()
+    assert result.problems == []
+    assert (result.report is not None) == greets  # a greeting that came was played through to its end
+    if greets:
+        assert result.report is not None and result.report.sentences == ("你好呀",)
 
 
 async def test_disconnect_mid_reply_ends_the_turn_and_fails_no_one() -> None:
