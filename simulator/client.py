@@ -45,6 +45,7 @@ from server.protocol.server_messages import (
     ServerTts,
     parse_server_message,
 )
+from server.text import one_line
 from simulator.errors import ChannelUnavailable, SimulatorError
 from simulator.events import (
     Alert,
@@ -93,11 +94,6 @@ class ConnectionStats:
 def _authorization(token: str) -> str:
     # Firmware: a token without a space gets "Bearer " in front; one with a space is sent as configured.
     return token if " " in token else f"Bearer {token}"
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class DeviceClient:
@@ -251,6 +247,8 @@ class DeviceClient:
         self.downlink_frame_ms = hello.frame_duration
         self.playback.set_frame_ms(hello.frame_duration)
         self._decoder = OpusDecoder(hello.sample_rate) if self.decode_audio else None
+        if hello.problem:
+            self._protocol_error(hello.problem)
         if self.version != 1 and hello.version != self.version:
             # The public reference servers frame no audio (raw opus, version 1) and say so, or nothing, in their
             # hello: framing ours as version 2 or 3 would make every packet noise to them, and theirs to us.
@@ -284,7 +282,7 @@ class DeviceClient:
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
-            body = _one_line(exc.response.body.decode("utf-8", "replace")) if exc.response.body else ""
+            body = one_line(exc.response.body.decode("utf-8", "replace")) if exc.response.body else ""
             phrase = exc.response.reason_phrase
             error = ChannelUnavailable if status >= 500 else SimulatorError
             raise error(
@@ -295,14 +293,15 @@ class DeviceClient:
         except TimeoutError:
             raise ChannelUnavailable(f"connecting to {url} timed out after {self.open_timeout_s:g} s") from None
         except OSError as exc:
-            raise ChannelUnavailable(f"cannot connect to {url}: {_one_line(exc.strerror or str(exc))}") from None
+            raise ChannelUnavailable(f"cannot connect to {url}: {one_line(exc.strerror or str(exc))}") from None
         except InvalidHandshake as exc:
-            raise SimulatorError(f"WebSocket handshake with {url} failed: {_one_line(str(exc))}") from None
+            raise SimulatorError(f"WebSocket handshake with {url} failed: {one_line(str(exc))}") from None
 
     async def _await_hello(self, ws: ClientConnection) -> tuple[ServerHello, list[ServerMessage]]:
         """The server hello, and the messages that came before it (a server may send MCP ``initialize`` first;
         the firmware handles every non-hello message whenever it comes)."""
         early: list[ServerMessage] = []
+        said = ""  # the last text that was not a message (a server's plain-text refusal)
         await ws.send(
             json.dumps(
                 {"type": "hello", "version": self.version, "features": {"mcp": True}, "transport": "websocket",
@@ -319,6 +318,7 @@ class DeviceClient:
                         message = parse_server_message(data)
                     except ServerMessageError as exc:
                         self._protocol_error(f"before hello: {exc}")
+                        said = one_line(data)[:200]
                         continue
                     if not isinstance(message, ServerHello):
                         if len(early) < EARLY_MESSAGES:
@@ -335,6 +335,9 @@ class DeviceClient:
             raise ChannelUnavailable(f"server hello missing or late: none within {self.hello_timeout_s:g} s") from None
         except ConnectionClosed as exc:
             code, reason = (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (None, "")
+            if said:  # e.g. the Python reference server's "认证失败" (authentication failed): not worth retrying
+                message = f"server refused the device before its hello: {said!r} (close code {code})"
+                raise SimulatorError(message) from None
             raise ChannelUnavailable(f"server closed the connection before its hello (code {code}: {reason})") from None
 
     async def close(self) -> None:
@@ -526,9 +529,10 @@ class DeviceClient:
                     self._turn.stt = text
                 self._publish(SttText(text))
             case ServerLlm(emotion=emotion, text=text):
-                if self._turn.emotion is None:
-                    self._turn.emotion = emotion
-                self._publish(Emotion(emotion, text))
+                if emotion:  # a server may send llm text without one
+                    if self._turn.emotion is None:
+                        self._turn.emotion = emotion
+                    self._publish(Emotion(emotion, text))
             case ServerTts(state="start"):
                 self._publish(TtsState("start"))
                 if self.state == "speaking":
@@ -558,8 +562,10 @@ class DeviceClient:
             case ServerGoodbye():
                 self._publish(ServerCommand("goodbye"))
                 await self._require_ws().close(1000, "goodbye")
-            case ServerHello():
-                pass  # a repeated hello changes nothing once the channel is open
+            case ServerHello(problem=problem):
+                if problem:
+                    self._protocol_error(problem)
+                # otherwise nothing: a repeated hello changes nothing once the channel is open
             case ServerOther(type=type_name):
                 if type_name not in QUIET_TYPES:
                     self._protocol_error(f"ignored unknown message type {type_name!r}")

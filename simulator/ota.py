@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import httpx
 
+from server.text import one_line
 from simulator.errors import SimulatorError
 from simulator.identity import DeviceIdentity
 
@@ -110,20 +111,15 @@ def system_info(
     }
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _reason(response: httpx.Response) -> str:
     """The server's own explanation: ``message`` of a JSON error body, else the body text."""
     try:
         body = response.json()
     except ValueError:
-        return _one_line(response.text) or response.reason_phrase
+        return one_line(response.text) or response.reason_phrase
     if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return _one_line(body["message"])
-    return _one_line(response.text)
+        return one_line(body["message"])
+    return one_line(response.text)
 
 
 async def _post(url: str, headers: dict[str, str], body: dict[str, Any], timeout_s: float) -> httpx.Response:
@@ -137,7 +133,7 @@ async def _post(url: str, headers: dict[str, str], body: dict[str, Any], timeout
     except httpx.TimeoutException:
         raise SimulatorError(f"OTA server {url} did not answer within {timeout_s:g} s") from None
     except httpx.HTTPError as exc:
-        raise SimulatorError(f"cannot reach OTA server {url}: {_one_line(str(exc)) or type(exc).__name__}") from None
+        raise SimulatorError(f"cannot reach OTA server {url}: {one_line(str(exc)) or type(exc).__name__}") from None
 
 
 def _optional_int(value: object) -> int | None:
@@ -147,6 +143,9 @@ def _optional_int(value: object) -> int | None:
 def _parse_result(url: str, body: object) -> OtaResult:
     if not isinstance(body, dict):
         raise SimulatorError(f"OTA server {url} answered JSON that is not an object")
+    if body.get("success") is False:  # the Python reference server's errors come as HTTP 200
+        reason = body.get("message")
+        raise SimulatorError(f"OTA server {url} refused: {one_line(reason) if isinstance(reason, str) else body}")
     websocket = body.get("websocket")
     if not isinstance(websocket, dict) or not isinstance(websocket.get("url"), str) or not websocket["url"]:
         if isinstance(body.get("mqtt"), dict):
@@ -199,7 +198,7 @@ async def check_ota(
         answer = response.json()
     except ValueError:
         raise SimulatorError(
-            f"OTA server {ota_url} answered something that is not JSON: {_one_line(response.text, 80)!r}"
+            f"OTA server {ota_url} answered something that is not JSON: {one_line(response.text, 80)!r}"
         ) from None
     return _parse_result(ota_url, answer)
 

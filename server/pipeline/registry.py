@@ -29,6 +29,7 @@ import httpx
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from server.config import ConfigError
+from server.text import one_line
 
 if TYPE_CHECKING:
     from server.pipeline.asr import AsrProvider
@@ -65,11 +66,6 @@ class ProviderError(Exception):
     """A provider could not do its job (service down, bad answer, missing binary…); ``str()`` is one line."""
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _error_text(body: str) -> str:
     """The message of an OpenAI-style error body (``{"error": {"message": …}}``), else the body itself."""
     try:
@@ -97,15 +93,15 @@ def http_errors(what: str, url: str) -> Iterator[None]:
             body = response.text
         except httpx.ResponseNotRead:  # streamed responses: the caller reads the body before raising
             body = ""
-        reason = _one_line(_error_text(body)) or "(empty body)"
+        reason = one_line(_error_text(body)) or "(empty body)"
         raise ProviderError(f"{what} service at {url} answered HTTP {response.status_code}: {reason}") from exc
     except httpx.TimeoutException as exc:
         raise ProviderError(f"{what} request to {url} timed out ({type(exc).__name__})") from exc
     except httpx.ConnectError as exc:
-        reason = _one_line(str(exc)) or "refused"
+        reason = one_line(str(exc)) or "refused"
         raise ProviderError(f"cannot connect to the {what} service at {url}: {reason}") from exc
     except httpx.HTTPError as exc:
-        raise ProviderError(f"{what} request to {url} failed: {type(exc).__name__}: {_one_line(str(exc))}") from exc
+        raise ProviderError(f"{what} request to {url} failed: {type(exc).__name__}: {one_line(str(exc))}") from exc
 
 
 async def raise_for_status(response: httpx.Response) -> None:
@@ -121,7 +117,7 @@ def parse_json(what: str, text: str | bytes) -> Any:
         return json.loads(text)
     except ValueError as exc:
         shown = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
-        raise ProviderError(f"{what} service sent invalid JSON ({exc.msg}): {_one_line(shown, 120)}") from exc
+        raise ProviderError(f"{what} service sent invalid JSON ({exc.msg}): {one_line(shown, 120)}") from exc
 
 
 # ---- configuration models ------------------------------------------------------------------------------

@@ -37,8 +37,9 @@ __all__ = [
 
 TtsStateName = Literal["start", "stop", "sentence_start", "sentence_end"]
 _TTS_STATES: tuple[TtsStateName, ...] = ("start", "stop", "sentence_start", "sentence_end")
-# Types servers send that a current device knowingly does nothing with.
-QUIET_TYPES = frozenset({"pong", "custom", "iot", "server"})
+# Types servers send that a current device knowingly does nothing with (``speak_request``, ``notify`` and
+# ``text``: the Go server of hackers365, which the firmware ignores silently).
+QUIET_TYPES = frozenset({"pong", "custom", "iot", "server", "speak_request", "notify", "text"})
 
 
 class ServerMessageError(ValueError):
@@ -52,6 +53,7 @@ class ServerHello:
     sample_rate: int = DEFAULT_DOWNLINK_SAMPLE_RATE
     frame_duration: int = DEFAULT_DOWNLINK_FRAME_DURATION
     version: int | None = None  # the binary protocol version the server says it speaks (None: it does not say)
+    problem: str | None = None  # audio_params the device cannot use: the defaults apply (the firmware takes any)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +133,17 @@ def _parse_hello(obj: dict[str, Any]) -> ServerHello:
     session_id = obj.get("session_id")
     params = obj.get("audio_params")
     sample_rate, frame_duration = DEFAULT_DOWNLINK_SAMPLE_RATE, DEFAULT_DOWNLINK_FRAME_DURATION
-    if params is not None:
-        if not isinstance(params, dict):
-            raise ServerMessageError(f"hello: audio_params must be an object, got {_show(params)}")
-        sample_rate = _audio_param(params, "sample_rate", OPUS_SAMPLE_RATES, sample_rate)
-        frame_duration = _audio_param(params, "frame_duration", FRAME_DURATIONS_MS, frame_duration)
+    problem = None
+    try:
+        if params is not None:
+            if not isinstance(params, dict):
+                raise ServerMessageError(f"hello: audio_params must be an object, got {_show(params)}")
+            sample_rate = _audio_param(params, "sample_rate", OPUS_SAMPLE_RATES, sample_rate)
+            frame_duration = _audio_param(params, "frame_duration", FRAME_DURATIONS_MS, frame_duration)
+    except ServerMessageError as exc:
+        # the hello still opens the channel, as on the firmware; the audio is read as the defaults describe
+        sample_rate, frame_duration = DEFAULT_DOWNLINK_SAMPLE_RATE, DEFAULT_DOWNLINK_FRAME_DURATION
+        problem = f"{exc}; using {sample_rate} Hz, {frame_duration} ms"
     version = obj.get("version")
     return ServerHello(
         transport=transport if isinstance(transport, str) else "",
@@ -143,6 +151,7 @@ def _parse_hello(obj: dict[str, Any]) -> ServerHello:
         sample_rate=sample_rate,
         frame_duration=frame_duration,
         version=version if isinstance(version, int) and not isinstance(version, bool) else None,
+        problem=problem,
     )
 
 
@@ -150,7 +159,7 @@ def _parse_tts(obj: dict[str, Any]) -> ServerTts:
     state = obj.get("state")
     if state not in _TTS_STATES:
         raise ServerMessageError(f"tts: state must be one of {'/'.join(_TTS_STATES)}, got {_show(state)}")
-    text = obj.get("text")
+    text = obj.get("text", "" if state == "sentence_start" else None)  # omitempty: an empty sentence has no text
     if state == "sentence_start" and not isinstance(text, str):
         raise ServerMessageError(f"tts sentence_start: text must be a string, got {_show(text)}")
     return ServerTts(state=state, text=text if isinstance(text, str) else None)
@@ -181,8 +190,11 @@ def parse_server_message(text: str | bytes) -> ServerMessage:
         case "stt":
             return ServerStt(_string(obj, "text", "stt"))
         case "llm":
-            text_value = obj.get("text")
-            return ServerLlm(_string(obj, "emotion", "llm"), text_value if isinstance(text_value, str) else "")
+            # a Go server leaves out empty fields (omitempty); the firmware uses an emotion only when there is one
+            emotion, text_value = obj.get("emotion", ""), obj.get("text", "")
+            if not isinstance(emotion, str):
+                raise ServerMessageError(f"llm: emotion must be a string, got {_show(emotion)}")
+            return ServerLlm(emotion, text_value if isinstance(text_value, str) else "")
         case "tts":
             return _parse_tts(obj)
         case "mcp":

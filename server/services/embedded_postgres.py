@@ -29,8 +29,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING
 
-from server.services.errors import ServiceStartError, one_line, tail_text
+from server.services.errors import ServiceStartError, tail_text
 from server.services.ports import free_port
+from server.text import one_line
 
 if TYPE_CHECKING:
     import pwd
@@ -164,7 +165,7 @@ class EmbeddedPostgres:
                 _make_ancestors_traversable(self.data_dir)
         result = self._pg_ctl_stop(postgres_bin_dir(), run_as, mode="fast")
         if self.is_running():
-            raise RuntimeError(f"postgres did not stop: {one_line(result.output)} (log: {self.log_path})")
+            raise RuntimeError(f"postgres did not stop: {one_line(result.output, None)} (log: {self.log_path})")
 
     def is_running(self) -> bool:
         info = self._read_pid_file()
@@ -431,7 +432,7 @@ def _create_system_user(name: str) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        message = one_line(result.stderr) or f"exit code {result.returncode}"
+        message = one_line(result.stderr, None) or f"exit code {result.returncode}"
         raise ServiceStartError(SERVICE_NAME, f"cannot create system user {name!r}: {message}") from None
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from server.text import one_line
+
 # How much of a server log is attached to an error: enough to see the real
 # cause (postgres prints a FATAL line plus a HINT, weed a few stack lines)
 # without dumping megabytes into a traceback.
@@ -27,11 +29,6 @@ def tail_text(path: Path | None, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def one_line(text: str) -> str:
-    """Collapse whitespace so a multi-line tool message fits in a one-line error."""
-    return " ".join(text.split())
-
-
 class ServiceStartError(RuntimeError):
     """An embedded service (postgres, s3) could not be started.
 
@@ -42,7 +39,7 @@ class ServiceStartError(RuntimeError):
 
     def __init__(self, name: str, message: str, log_path: Path | None = None, details: str | None = None) -> None:
         self.name = name
-        self.message = one_line(message)
+        self.message = one_line(message, None)
         self.log_path = log_path
         # None: take the tail of the log; callers that know which part of an
         # appended-to log belongs to this attempt pass it themselves.

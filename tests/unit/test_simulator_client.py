@@ -20,7 +20,7 @@ from websockets.http11 import Request, Response
 from server.audio.encoder import OpusEncoder
 from server.protocol import framing, mcp, messages
 from simulator.client import DeviceClient
-from simulator.errors import SimulatorError
+from simulator.errors import ChannelUnavailable, SimulatorError
 from simulator.events import ProtocolError, StateChanged, ToolCalled
 from simulator.identity import DeviceIdentity
 from simulator.scenario import Scenario, Step, run_step
@@ -370,6 +370,46 @@ async def test_a_wake_word_step_plays_a_greeting_if_one_comes_and_passes_if_none
     assert (result.report is not None) == greets  # a greeting that came was played through to its end
     if greets:
         assert result.report is not None and result.report.sentences == ("你好呀",)
+
+
+async def test_a_plain_text_refusal_before_the_hello_is_an_error_naming_it_not_a_retry() -> None:
+    # The Python reference server answers a bad token after the upgrade: the text "认证失败", then close.
+    async def script(ws: ServerConnection, fake: Fake) -> None:
+        await recv_json(ws, fake)
+        await ws.send("认证失败")
+        await ws.close()
+
+    async with fake_server(script) as (url, _):
+        client = DeviceClient(url, IDENTITY)
+        with pytest.raises(SimulatorError, match="server refused the device before its hello: '认证失败'") as error:
+            await client.connect()
+    assert not isinstance(error.value, ChannelUnavailable)  # a refusal: reconnecting would only repeat it
+
+
+async def test_what_other_servers_send_is_taken_as_the_firmware_takes_it() -> None:
+    # A hello with audio params a device cannot use still opens the channel (defaults apply, and we say so);
+    # a Go server's llm without an emotion and its speak_request/notify types are not errors.
+    async def script(ws: ServerConnection, fake: Fake) -> None:
+        await recv_json(ws, fake)
+        reply = messages.server_hello(SESSION, 24000, 60)
+        reply["audio_params"]["sample_rate"] = 44100
+        await ws.send(json.dumps(reply))
+        await ws.send(json.dumps({"type": "llm", "text": "🙂", "session_id": SESSION}))
+        await ws.send(json.dumps({"type": "speak_request", "auto_listen": True}))
+        await ws.send(json.dumps({"type": "notify", "subtitles": "hi"}))
+        await paced_reply(ws, 1, tts_packets(3))
+        await ws.wait_closed()
+
+    async with fake_server(script) as (url, _):
+        client = DeviceClient(url, IDENTITY)
+        events = client.events()
+        await client.connect()
+        client.mark_end_of_speech()
+        report = await client.wait_for_turn(timeout=10)
+        errors = [e.message for e in events.drain() if isinstance(e, ProtocolError)]
+        await client.close()
+    assert len(errors) == 1 and "sample_rate" in errors[0] and "using 24000 Hz, 60 ms" in errors[0], errors
+    assert client.downlink_sample_rate == 24000 and report.frames_played == 3
 
 
 async def test_disconnect_mid_reply_ends_the_turn_and_fails_no_one() -> None:

@@ -85,6 +85,7 @@ async def test_ota_request_is_the_firmwares_and_the_answer_is_read(stub: OtaStub
         (200, "not json", "not JSON"),
         (200, {"firmware": {"version": "1"}}, "without a websocket section"),
         (200, {"mqtt": {"endpoint": "x"}}, "only MQTT"),
+        (200, {"success": False, "message": "request error."}, "refused: request error."),  # the Python server's way
     ],
 )
 async def test_ota_failures_are_one_line_errors(stub: OtaStub, status: int, body: object, message: str) -> None:
