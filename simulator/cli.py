@@ -60,6 +60,12 @@ examples:
   xiaozhi sim ws://HOST:8000/xiaozhi/v1/ --scenario demo.yaml    unattended, exit code for CI
   xiaozhi sim ws://HOST:8000/xiaozhi/v1/ --devices 50 --text hello --repeat 3   load test with a report
   xiaozhi sim --list-devices
+
+where servers listen (OTA URL / WebSocket URL):
+  ours and the Python reference server   http://HOST:8003/xiaozhi/ota/   ws://HOST:8000/xiaozhi/v1/
+  Go server (hackers365)                  http://HOST:8989/xiaozhi/ota/   ws://HOST:8989/xiaozhi/v1/
+  Go server (AnimeAIChat)                 http://HOST:8080/api/ota/       ws://HOST:PORT/  (its WebSocket port)
+  the public reference servers speak binary protocol version 1 only (raw opus): a 2 or 3 falls back to it
 """
 
 
