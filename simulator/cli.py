@@ -99,7 +99,8 @@ def add_sim_parser(sub: Any) -> None:
 
     conn = p.add_argument_group("connection")
     conn.add_argument("--token", help="bearer token for a WebSocket URL (an OTA answer brings its own)")
-    conn.add_argument("--protocol-version", type=int, choices=[1, 2, 3], help="binary protocol version (default 1)")
+    conn.add_argument("--protocol-version", type=int, choices=[1, 2, 3],
+                      help="binary protocol version (default: the OTA answer's, else 1)")  # fmt: skip
     conn.add_argument(
         "--identity",
         default="default",
@@ -265,7 +266,7 @@ async def _sim(args: argparse.Namespace, settings: Settings) -> int:
     mode: ListenMode = args.mode or (scenario.mode if scenario else "auto")
     if scenario is not None:
         scenario.mode = mode
-    version = args.protocol_version or (scenario.protocol_version if scenario else None) or 1
+    version = args.protocol_version or (scenario.protocol_version if scenario else None)  # None: OTA's, else 1
     inputs = _sources(args)
     identity = _identity(args, settings)
     options = ConnectOptions(
@@ -293,7 +294,7 @@ async def _sim(args: argparse.Namespace, settings: Settings) -> int:
 
     client = await create_client(options, terminal)
     session = DeviceSession(client, terminal, speaker, mode=mode, reply_timeout_s=args.timeout)
-    terminal.note(f"device {identity.device_id} (protocol v{version}) → {client.url}")
+    terminal.note(f"device {identity.device_id} (protocol v{client.version}) → {client.url}")
     try:
         await session.start()
         terminal.note(f"connected: session {client.session_id or '(none)'}")

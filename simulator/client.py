@@ -162,6 +162,8 @@ class DeviceClient:
     ) -> DeviceClient:
         """Ask the OTA endpoint where to connect (like the firmware at boot); the client is not connected yet."""
         result = await check_ota(ota_url, identity, app_version=app_version, board=board)
+        # like the firmware: the answer's websocket.version, unless the caller chose one
+        options["protocol_version"] = options.get("protocol_version") or result.protocol_version or 1
         if "mcp" not in options:
             options["mcp"] = DeviceMcpServer(name=board, version=app_version)
         client = cls(result.websocket_url, identity, token=result.token or None, **options)

@@ -48,6 +48,7 @@ class OtaResult:
     firmware_url: str | None = None
     activation: Activation | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    protocol_version: int | None = None  # websocket.version: the firmware sends it as Protocol-Version
 
 
 def firmware_headers(
@@ -172,6 +173,7 @@ def _parse_result(url: str, body: object) -> OtaResult:
         firmware_url=firmware.get("url") if isinstance(firmware.get("url"), str) else None,
         activation=activation,
         raw=body,
+        protocol_version=_optional_int(websocket.get("version")) if websocket.get("version") in (1, 2, 3) else None,
     )
 
 

@@ -48,7 +48,7 @@ class ConnectOptions:
     server: str  # OTA URL (http[s]://) or WebSocket URL (ws[s]://)
     identity: DeviceIdentity
     token: str | None = None  # for a WebSocket URL; an OTA answer brings its own
-    protocol_version: int = 1
+    protocol_version: int | None = None  # None: the OTA answer's websocket.version, else 1
     board: str = DEFAULT_BOARD
     app_version: str = DEFAULT_APP_VERSION
     hello_timeout_s: float = 10.0
@@ -86,6 +86,7 @@ async def create_client(options: ConnectOptions, terminal: Terminal | None = Non
             await _activate(server, options, client, terminal)
         return client
     if server.lower().startswith(("ws://", "wss://")):
+        common["protocol_version"] = options.protocol_version or 1
         return DeviceClient(server, options.identity, token=options.token, **common)
     raise SimulatorError(
         f"server must be an OTA URL (http://HOST:8003/xiaozhi/ota/) or a WebSocket URL "

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
+from simulator.client import DeviceClient
 from simulator.errors import SimulatorError
 from simulator.identity import DeviceIdentity
 from simulator.ota import activate, check_ota
@@ -112,3 +113,19 @@ async def test_activation_polls_report_activated_pending_or_error(stub: OtaStub)
     with pytest.raises(SimulatorError, match=r"activate answered HTTP 403"):
         await activate(url, IDENTITY)
     assert all(r.path == "/xiaozhi/ota/activate" and json.loads(raw) == {} for r, raw in stub.seen)
+
+
+@pytest.mark.parametrize(("version", "chosen", "used"), [(3, None, 3), (3, 2, 2), (None, None, 1), ("2", None, 1)])
+async def test_the_ota_answers_protocol_version_is_used_unless_one_was_chosen(
+    stub: OtaStub, version: object, chosen: int | None, used: int
+) -> None:
+    # the firmware keeps every key of the websocket section and sends its version as Protocol-Version
+    async def route(request: web.Request) -> web.Response:
+        websocket: dict[str, object] = {"url": "ws://h:1/xiaozhi/v1/"}
+        if version is not None:
+            websocket["version"] = version
+        return web.json_response({"websocket": websocket})
+
+    url = await stub.start(route)
+    client = await DeviceClient.from_ota(url, IDENTITY, protocol_version=chosen)
+    assert client.version == used
