@@ -12,6 +12,7 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import soundfile
@@ -22,7 +23,7 @@ from server.runtime import StorageRuntime
 from simulator.identity import load_identity
 from simulator.session import ConnectOptions, DeviceSession, create_client
 from simulator.terminal import SilentTerminal
-from tests.support.sim import assert_one_line_error, espeak_wav, run_sim, run_sim_here, silent_server, sim_env
+from tests.support.sim import SimRun, assert_one_line_error, espeak_wav, run_sim, run_sim_here, silent_server, sim_env
 from tests.support.waiting import wait_until
 
 
@@ -198,6 +199,24 @@ async def test_the_device_reconnects_with_backoff_when_the_server_comes_back(
         await srv.stop()
 
 
+async def sim_via_ota(capsys: pytest.CaptureFixture[str], routes: dict[str, Any]) -> SimRun:
+    """``xiaozhi sim OTA-URL --text hello`` against an OTA endpoint made of ``routes`` (path → POST handler)."""
+    from aiohttp import web
+
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_post(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        return await run_sim_here(capsys, f"http://127.0.0.1:{port}/xiaozhi/ota/", "--text", "hello", "--no-speaker")
+    finally:
+        await runner.cleanup()
+
+
 async def test_an_activation_code_is_shown_and_polled_until_bound(
     server: DeviceServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -221,18 +240,7 @@ async def test_an_activation_code_is_shown_and_polled_until_bound(
         polls.append(request.headers["Device-Id"])
         return web.Response(status=200 if len(polls) >= 3 else 202)
 
-    app = web.Application()
-    app.router.add_post("/xiaozhi/ota/", ota)
-    app.router.add_post("/xiaozhi/ota/activate", activate)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        run = await run_sim_here(capsys, f"http://127.0.0.1:{port}/xiaozhi/ota/", "--text", "hello", "--no-speaker")
-    finally:
-        await runner.cleanup()
+    run = await sim_via_ota(capsys, {"/xiaozhi/ota/": ota, "/xiaozhi/ota/activate": activate})
     assert run.returncode == 0, (run.stdout, run.stderr)
     assert "activation code: 424242 — enter 424242 in the console" in run.stdout
     assert len(polls) == 3 and "device activated" in run.stderr
@@ -257,17 +265,7 @@ async def test_a_server_without_an_activation_endpoint_is_asked_again_until_boun
             answer["activation"] = {"code": "777000", "message": "bind 777000"}
         return web.json_response(answer)
 
-    app = web.Application()
-    app.router.add_post("/xiaozhi/ota/", ota)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        run = await run_sim_here(capsys, f"http://127.0.0.1:{port}/xiaozhi/ota/", "--text", "hello", "--no-speaker")
-    finally:
-        await runner.cleanup()
+    run = await sim_via_ota(capsys, {"/xiaozhi/ota/": ota})
     assert run.returncode == 0, (run.stdout, run.stderr)
     assert "activation code: 777000" in run.stdout
     assert "activate answered HTTP 404" in run.stderr and "asking the OTA endpoint again" in run.stderr

@@ -26,6 +26,7 @@ from simulator.identity import DeviceIdentity
 from simulator.scenario import Scenario, Step, run_step
 from simulator.session import WAKE_GRACE_S, DeviceSession
 from simulator.terminal import Terminal
+from simulator.turns import TurnReport
 
 IDENTITY = DeviceIdentity("02:11:22:33:44:55", "5b0f3a52-0000-4000-8000-00000000abcd")
 SESSION = "sess-1"
@@ -105,6 +106,17 @@ async def paced_reply(ws: ServerConnection, version: int, packets: list[bytes], 
     await ws.send(json.dumps(messages.tts_stop(SESSION)))
 
 
+async def one_turn(client: DeviceClient) -> tuple[TurnReport, list[str]]:
+    """Connect, end speech at once, and wait for the reply: its report, and the protocol errors on the way."""
+    events = client.events()
+    await client.connect()
+    client.mark_end_of_speech()
+    report = await client.wait_for_turn(timeout=10)
+    errors = [e.message for e in events.drain() if isinstance(e, ProtocolError)]
+    await client.close()
+    return report, errors
+
+
 async def test_handshake_headers_and_hello_are_the_firmwares() -> None:
     async def script(ws: ServerConnection, fake: Fake) -> None:
         await hello(ws, fake, sample_rate=16000)
@@ -182,12 +194,7 @@ async def test_malformed_server_messages_are_reported_and_ignored() -> None:
 
     async with fake_server(script) as (url, _):
         client = DeviceClient(url, IDENTITY, protocol_version=2)
-        events = client.events()
-        await client.connect()
-        client.mark_end_of_speech()
-        report = await client.wait_for_turn(timeout=10)
-        errors = [e.message for e in events.drain() if isinstance(e, ProtocolError)]
-        await client.close()
+        report, errors = await one_turn(client)
     assert len(errors) == len(bad_texts) + 2, errors
     assert any("not JSON" in e for e in errors) and any("bad binary frame" in e for e in errors)
     assert any("undecodable" in e for e in errors) and any("'dance'" in e for e in errors)
@@ -402,12 +409,7 @@ async def test_what_other_servers_send_is_taken_as_the_firmware_takes_it() -> No
 
     async with fake_server(script) as (url, _):
         client = DeviceClient(url, IDENTITY)
-        events = client.events()
-        await client.connect()
-        client.mark_end_of_speech()
-        report = await client.wait_for_turn(timeout=10)
-        errors = [e.message for e in events.drain() if isinstance(e, ProtocolError)]
-        await client.close()
+        report, errors = await one_turn(client)
     assert len(errors) == 1 and "sample_rate" in errors[0] and "using 24000 Hz, 60 ms" in errors[0], errors
     assert client.downlink_sample_rate == 24000 and report.frames_played == 3
 
