@@ -320,7 +320,7 @@ class DeviceClient:
                         message = parse_server_message(data)
                     except ServerMessageError as exc:
                         self._protocol_error(f"before hello: {exc}")
-                        said = one_line(data)[:200]
+                        said = one_line(data)
                         continue
                     if not isinstance(message, ServerHello):
                         if len(early) < EARLY_MESSAGES:

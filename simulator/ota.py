@@ -173,7 +173,7 @@ def _parse_result(url: str, body: object) -> OtaResult:
         firmware_url=firmware.get("url") if isinstance(firmware.get("url"), str) else None,
         activation=activation,
         raw=body,
-        protocol_version=_optional_int(websocket.get("version")) if websocket.get("version") in (1, 2, 3) else None,
+        protocol_version=version if (version := _optional_int(websocket.get("version"))) in (1, 2, 3) else None,
     )
 
 

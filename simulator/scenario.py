@@ -42,10 +42,10 @@ import yaml
 from server.protocol.messages import LISTEN_MODES, ListenMode
 from simulator.client import DeviceClient
 from simulator.errors import SimulatorError
-from simulator.events import AudioPlayed, EventStream, TtsState, TurnFinished
+from simulator.events import AudioPlayed, EventStream, TurnFinished
 from simulator.inputs import FileSource, speak
 from simulator.metrics import percentile
-from simulator.session import DEFAULT_WAKE_WORD, WAKE_GRACE_S, DeviceSession
+from simulator.session import DEFAULT_WAKE_WORD, WAKE_GRACE_S, DeviceSession, greeting_started
 from simulator.turns import TurnReport
 
 __all__ = ["Scenario", "Step", "StepResult", "load_scenario", "run_scenario"]
@@ -329,7 +329,7 @@ async def run_step(session: DeviceSession, scenario: Scenario, step: Step) -> St
         # Subscribed before the input goes out, so the reply's first audio cannot be missed.
         barge = asyncio.create_task(_barge_in(client, client.events(), step.barge_in_after_ms, timeout))
     # a wake word with nothing expected: its greeting is optional (subscribed before it goes out)
-    greeting = client.events() if step.action == "wake" and step.reply is None and not step.reply_required else None
+    greeting = client.events() if step.reply is None and not step.reply_required else None
     try:
         if step.action == "say":
             await client.interrupt()
@@ -340,9 +340,7 @@ async def run_step(session: DeviceSession, scenario: Scenario, step: Step) -> St
         else:
             await client.wake_word(step.value, step.mode or scenario.mode)
         if greeting is not None:
-            try:
-                await greeting.next(TtsState, where=lambda e: e.state == "start", timeout=WAKE_GRACE_S)
-            except SimulatorError:
+            if not await greeting_started(greeting, WAKE_GRACE_S):
                 return StepResult(step, [])  # no greeting: fine
         elif not step.reply_required:
             return StepResult(step, [])

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from server.protocol.messages import ListenMode
 from simulator.client import DeviceClient
 from simulator.errors import ChannelUnavailable, SimulatorError
-from simulator.events import AudioPlayed, Disconnected, Event, ServerCommand, TtsState, TurnFinished
+from simulator.events import AudioPlayed, Disconnected, Event, EventStream, ServerCommand, TtsState, TurnFinished
 from simulator.identity import DeviceIdentity
 from simulator.inputs import AudioSource, UplinkEncoder, speak
 from simulator.mcp_tools import DeviceMcpServer
@@ -92,6 +92,15 @@ async def create_client(options: ConnectOptions, terminal: Terminal | None = Non
         f"server must be an OTA URL (http://HOST:8003/xiaozhi/ota/) or a WebSocket URL "
         f"(ws://HOST:8000/xiaozhi/v1/), got {server!r}"
     )
+
+
+async def greeting_started(events: EventStream, within_s: float) -> bool:
+    """Whether a reply starts within ``within_s`` (after a wake word: some servers greet, some stay silent)."""
+    try:
+        await events.next(TtsState, where=lambda e: e.state == "start", timeout=within_s)
+    except SimulatorError:
+        return False
+    return True
 
 
 async def _activate(server: str, options: ConnectOptions, client: DeviceClient, terminal: Terminal | None) -> None:
@@ -275,11 +284,8 @@ class DeviceSession:
             await self.client.wake_word(word, self.mode)
             if reply_grace_s is None:
                 return
-            try:
-                await events.next(TtsState, where=lambda e: e.state == "start", timeout=reply_grace_s)
-            except SimulatorError:
-                return  # no greeting
-            await self.wait_reply("greeting after the wake word")
+            if await greeting_started(events, reply_grace_s):
+                await self.wait_reply("greeting after the wake word")
         finally:
             events.close()
 
